@@ -1,0 +1,3 @@
+import mmpretrain.datasets  # noqa: F401  (fills the parent registries we fall back to)
+
+from . import transforms  # noqa: F401

@@ -1,0 +1,3 @@
+from .masking import BlockwiseMaskGenerator
+
+__all__ = ['BlockwiseMaskGenerator']

@@ -1,0 +1,1 @@
+import mmpretrain.engine  # noqa: F401  (fills the parent registries we fall back to)

@@ -1,0 +1,163 @@
+"""The BEiT transformer block: attention with relative position bias, MLP,
+layer scale and stochastic depth. Parameter names follow the official code
+(``attn.qkv``, ``attn.q_bias``, ``gamma_1`` ...), so its checkpoints map 1:1.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmcv.cnn.bricks import DropPath
+from torch import nn
+
+from .relative_position import lookup_bias, num_relative_distances
+
+Window = Tuple[int, int]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with q/v biases (no k bias) and an optional
+    relative position bias table of its own, computed with
+    ``F.scaled_dot_product_attention`` (the bias is the float mask).
+
+    Args:
+        dim (int): channels ``C``.
+        num_heads (int): heads; ``C`` must divide evenly.
+        window (tuple[int, int], optional): patch grid of a per-layer relative
+            position bias table; None for no table.
+        qkv_bias (bool): learn q and v biases. Defaults to True.
+        attn_drop (float): dropout on attention weights. Defaults to 0.
+        proj_drop (float): dropout after the output projection. Defaults to 0.
+    """
+
+    def __init__(self,
+                 dim: int,
+                 num_heads: int,
+                 window: Optional[Window] = None,
+                 qkv_bias: bool = True,
+                 attn_drop: float = 0.,
+                 proj_drop: float = 0.) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'embed dims {dim} not divisible by num_heads '
+                             f'{num_heads}')
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        if qkv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        self.window = tuple(window) if window else None
+        if self.window:
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros(num_relative_distances(self.window), num_heads))
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self,
+                x: torch.Tensor,
+                window: Window,
+                shared_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Args:
+            x: ``(B, 1+N, C)`` tokens, CLS first.
+            window: patch grid ``(H, W)`` of the input, ``N = H*W``.
+            shared_bias: ``(num_heads, 1+N, 1+N)`` bias shared by all blocks.
+
+        Returns:
+            ``(B, 1+N, C)``.
+        """
+        B, L, C = x.shape
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat([self.q_bias,
+                              torch.zeros_like(self.v_bias), self.v_bias])
+        qkv = F.linear(x, self.qkv.weight, bias)
+        q, k, v = qkv.view(B, L, 3, self.num_heads, -1).permute(2, 0, 3, 1,
+                                                               4).unbind(0)
+        attn_bias = shared_bias
+        if self.window:
+            own = lookup_bias(self.relative_position_bias_table, window,
+                              self.window)
+            attn_bias = own if attn_bias is None else attn_bias + own
+        if attn_bias is not None:
+            attn_bias = attn_bias.unsqueeze(0).to(q.dtype)
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_bias,
+            dropout_p=self.attn_drop if self.training else 0.)
+        x = x.transpose(1, 2).reshape(B, L, C)
+        return self.proj_drop(self.proj(x))
+
+
+class Mlp(nn.Module):
+    """Two-layer GELU MLP: ``(B, L, C) -> (B, L, hidden) -> (B, L, C)``."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with layer scale.
+
+    Args:
+        dim (int): channels ``C``.
+        num_heads (int): attention heads.
+        hidden (int): MLP hidden channels.
+        window (tuple[int, int], optional): grid of a per-layer relative
+            position bias table (None: no table of its own).
+        layer_scale_init_value (float): initial ``gamma_1``/``gamma_2``;
+            0 disables layer scale. Defaults to 0.
+        drop_path (float): stochastic depth rate. Defaults to 0.
+        drop (float): dropout rate after projections. Defaults to 0.
+        attn_drop (float): attention dropout rate. Defaults to 0.
+        qkv_bias (bool): q/v biases. Defaults to True.
+        norm_eps (float): LayerNorm epsilon. Defaults to 1e-6.
+    """
+
+    def __init__(self,
+                 dim: int,
+                 num_heads: int,
+                 hidden: int,
+                 window: Optional[Window] = None,
+                 layer_scale_init_value: float = 0.,
+                 drop_path: float = 0.,
+                 drop: float = 0.,
+                 attn_drop: float = 0.,
+                 qkv_bias: bool = True,
+                 norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, window, qkv_bias, attn_drop,
+                              drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else \
+            nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, hidden, drop)
+        if layer_scale_init_value > 0:
+            self.gamma_1 = nn.Parameter(
+                torch.full((dim, ), float(layer_scale_init_value)))
+            self.gamma_2 = nn.Parameter(
+                torch.full((dim, ), float(layer_scale_init_value)))
+        else:
+            self.gamma_1 = self.gamma_2 = None
+
+    def forward(self,
+                x: torch.Tensor,
+                window: Window,
+                shared_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, 1+N, C) -> (B, 1+N, C)``; see :meth:`Attention.forward`."""
+        y = self.attn(self.norm1(x), window, shared_bias)
+        if self.gamma_1 is not None:
+            y = self.gamma_1 * y
+        x = x + self.drop_path(y)
+        y = self.mlp(self.norm2(x))
+        if self.gamma_2 is not None:
+            y = self.gamma_2 * y
+        return x + self.drop_path(y)

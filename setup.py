@@ -1,0 +1,38 @@
+"""beit-plugin: BEiT v1 / v2 for MMEngine, MMPretrain and MMSegmentation.
+
+mmcv is not a hard requirement, so that an existing full (compiled) mmcv is
+never replaced: pick ``.[lite]`` (pure-Python mmcv-lite, enough for BEiT) or
+``.[full]`` (compiled mmcv, built from source unless a wheel matches your
+torch), or install mmcv yourself first.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name='beit-plugin',
+    version='0.1.0',
+    description='BEiT v1 / v2 pretraining, fine-tuning and segmentation '
+    'as an OpenMMLab plugin',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.9',
+    packages=find_packages(include=['beit_plugin', 'beit_plugin.*']),
+    install_requires=[
+        'torch>=2.6',  # torch.serialization.safe_globals
+        'torchvision',  # mmpretrain imports it without declaring it
+        'mmengine>=0.10.0,<0.11',
+        'mmpretrain>=1.2.0,<1.3',
+        'mmsegmentation>=1.2.2,<1.3',
+        'ftfy',  # mmsegmentation imports these without declaring them
+        'regex',
+        'einops',
+        'numpy',
+        'safetensors',
+    ],
+    extras_require={
+        # mmsegmentation 1.2.2 refuses mmcv >= 2.2
+        'lite': ['mmcv-lite>=2.0.0,<2.2.0'],
+        'full': ['mmcv>=2.0.0,<2.2.0'],
+        # independent implementations our parity tests compare against
+        'tests': ['pytest', 'timm>=1.0', 'transformers>=4.40', 'scipy'],
+    },
+)

@@ -1,0 +1,595 @@
+"""Tests of beit_plugin.compat and of the launch tools (tools/*.py, *.sh).
+
+Each fix is tested twice where that is possible: the upstream failure is
+shown without the fix (a subprocess that does not import beit_plugin, or
+MMEngine's original function), and the fixed behaviour with it.
+"""
+import copy
+import importlib.util
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
+from mmengine.registry import DefaultScope
+from mmengine.runner import Runner
+from mmengine.runner.checkpoint import (_load_checkpoint, load_checkpoint,
+                                        load_from_local)
+from mmengine.utils.dl_utils import mmcv_full_available
+
+from beit_plugin import compat  # also applies the fixes in this process
+from compat_toys import ToyDataset, ToyModel
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+CUDA = torch.cuda.is_available()
+needs_mmcv_lite = pytest.mark.skipif(
+    mmcv_full_available(), reason='full mmcv has compiled mmcv.ops')
+needs_no_cuda = pytest.mark.skipif(CUDA, reason='tests the CPU-only path')
+
+
+def run(argv: List[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run ``argv`` in ``cwd``; the processes see tests/compat_toys.py."""
+    full_env = dict(os.environ, OMP_NUM_THREADS='1', **env)
+    full_env['PYTHONPATH'] = os.pathsep.join(
+        p for p in (str(TESTS), os.environ.get('PYTHONPATH')) if p)
+    return subprocess.run(
+        argv, cwd=cwd, env=full_env, capture_output=True, text=True,
+        timeout=120)
+
+
+def run_python(code: str, cwd: Path,
+               **env: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (no beit_plugin unless imported)."""
+    return run([sys.executable, '-c', code], cwd, **env)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def load_tool(name: str) -> types.ModuleType:
+    """Import tools/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(
+        f'beit_tool_{name}', ROOT / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TOY_CONFIG = """
+custom_imports = dict(imports=['beit_plugin', 'compat_toys'],
+                      allow_failed_imports=False)
+default_scope = 'mmpretrain'
+model = dict(type='compat_toys.ToyModel')
+train_dataloader = dict(
+    batch_size=2, num_workers=0,
+    dataset=dict(type='compat_toys.ToyDataset'),
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    collate_fn=dict(type='default_collate'))
+test_dataloader = dict(
+    batch_size=4, num_workers=0,
+    dataset=dict(type='compat_toys.ToyDataset'),
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='default_collate'))
+test_evaluator = dict(type='compat_toys.ToyAccuracy')
+test_cfg = dict()
+train_cfg = dict(by_epoch=False, max_iters=4)
+optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9))
+auto_scale_lr = dict(base_batch_size=4)
+default_hooks = dict(
+    checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False),
+    logger=dict(type='LoggerHook', interval=1))
+custom_hooks = [dict(type='compat_toys.ParamDumpHook')]
+"""
+
+
+@pytest.fixture(autouse=True)
+def _keep_default_scope() -> Iterator[None]:
+    """Runners built here set MMEngine's current default scope: undo that,
+    so that it does not leak into other test files."""
+    with DefaultScope.overwrite_default_scope('mmengine'):
+        yield
+
+
+@pytest.fixture
+def toy_config(tmp_path: Path) -> Path:
+    path = tmp_path / 'toy_cfg.py'
+    path.write_text(TOY_CONFIG)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# 1. mmcv.ops stand-in
+# ---------------------------------------------------------------------------
+
+
+@needs_mmcv_lite
+def test_mmseg_models_import_fails_without_plugin(tmp_path: Path) -> None:
+    result = run_python('import mmseg.models', tmp_path)
+    assert result.returncode != 0
+    assert "No module named 'mmcv._ext'" in result.stderr
+
+
+MMSEG_AFTER_PLUGIN = """
+import beit_plugin
+import mmcv.ops
+import mmseg.datasets, mmseg.models, mmseg.utils
+from mmseg.models.decode_heads import cc_head
+assert type(mmcv.ops).__name__ == '_MmcvOpsStandIn'
+assert cc_head.CrissCrossAttention is None  # its except ModuleNotFoundError
+print('OK')
+"""
+
+# The order of MMSegmentation's tools/train.py: registries, then a config
+# whose custom_imports bring in beit_plugin, then the models.
+MMSEG_TRAIN_TOOL_ORDER = """
+from mmengine.config import Config
+from mmseg.registry import MODELS
+cfg = Config.fromfile('cfg.py')
+import mmseg.models
+assert MODELS.get('EncoderDecoder') is not None
+print('OK')
+"""
+
+
+@needs_mmcv_lite
+@pytest.mark.parametrize('code', [MMSEG_AFTER_PLUGIN, MMSEG_TRAIN_TOOL_ORDER],
+                         ids=['import-plugin-first', 'mmseg-train-tool'])
+def test_mmseg_imports_with_plugin(tmp_path: Path, code: str) -> None:
+    (tmp_path / 'cfg.py').write_text(
+        "custom_imports = dict(imports=['beit_plugin'])\n")
+    result = run_python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith('OK')
+
+
+@needs_mmcv_lite
+def test_point_sample_hand_computed() -> None:
+    from mmcv.ops import point_sample
+    feature = torch.tensor([[[[0., 1.], [2., 3.]]]])  # 1x1x2x2
+    # (x, y) in [0, 1]; pixel centres are at 0.25 and 0.75
+    points = torch.tensor([[[0.25, 0.25], [0.75, 0.25], [0.25, 0.75],
+                            [0.5, 0.5]]])
+    out = point_sample(feature, points)
+    assert out.shape == (1, 1, 4)
+    torch.testing.assert_close(out, torch.tensor([[[0., 1., 2., 1.5]]]))
+
+
+def test_point_sample_matches_mmcv_source() -> None:
+    """Same results as mmcv's own (pure-torch) point_sample.py source."""
+    source = Path(importlib.util.find_spec('mmcv').origin).parent / 'ops' / (
+        'point_sample.py')
+    spec = importlib.util.spec_from_file_location('mmcv_point_sample', source)
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    g = torch.Generator().manual_seed(0)
+    feature = torch.randn(2, 3, 5, 7, generator=g)
+    for points in (torch.rand(2, 11, 2, generator=g),
+                   torch.rand(2, 4, 6, 2, generator=g)):
+        for align_corners in (False, True):
+            torch.testing.assert_close(
+                compat.point_sample(feature, points, align_corners),
+                reference.point_sample(feature, points, align_corners))
+
+
+@needs_mmcv_lite
+def test_stand_in_refuses_compiled_ops() -> None:
+    import mmcv.ops
+    with pytest.raises(ModuleNotFoundError, match='full mmcv'):
+        from mmcv.ops import nms  # noqa: F401
+    with pytest.raises(ModuleNotFoundError, match='full mmcv'):
+        mmcv.ops.sigmoid_focal_loss(torch.zeros(1, 2), torch.zeros(1).long())
+    assert not hasattr(mmcv.ops, '__path__')  # not a package
+    with pytest.raises(ModuleNotFoundError, match="'mmcv.ops' is not a pack"):
+        import mmcv.ops.nms  # noqa: F401
+
+
+def test_stand_in_never_shadows_full_mmcv(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a compiled mmcv._ext present, nothing is installed."""
+    ext = types.ModuleType('mmcv._ext')
+    ext.__spec__ = importlib.machinery.ModuleSpec('mmcv._ext', None)
+    monkeypatch.setitem(sys.modules, 'mmcv._ext', ext)
+    monkeypatch.delitem(sys.modules, 'mmcv.ops', raising=False)
+    assert compat.install_mmcv_ops_stand_in() is False
+    assert 'mmcv.ops' not in sys.modules
+
+
+@needs_mmcv_lite
+def test_apply_fixes_is_idempotent() -> None:
+    import mmengine.dist.utils as dist_utils
+    ops, init_fn = sys.modules['mmcv.ops'], dist_utils._init_dist_pytorch
+    compat.apply_fixes()
+    assert sys.modules['mmcv.ops'] is ops
+    assert dist_utils._init_dist_pytorch is init_fn
+    assert not hasattr(init_fn.__wrapped__, '__wrapped__')
+
+
+# ---------------------------------------------------------------------------
+# 2. checkpoints
+# ---------------------------------------------------------------------------
+
+
+class RecordStartHook(Hook):
+    """Records the iteration and optimizer state a training run starts at."""
+
+    def before_train(self, runner) -> None:
+        self.iter = runner.iter
+        self.optimizer = copy.deepcopy(runner.optim_wrapper.state_dict())
+
+
+def make_runner(work_dir: Path, **kwargs) -> Runner:
+    """A 4-iteration toy runner, deterministic, saving every 2 iterations."""
+    return Runner(
+        model=ToyModel(),
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            dataset=ToyDataset(),
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            batch_size=2,
+            collate_fn=dict(type='default_collate')),
+        train_cfg=dict(by_epoch=False, max_iters=4),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        default_hooks=dict(checkpoint=dict(
+            type='CheckpointHook', interval=2, by_epoch=False)),
+        randomness=dict(seed=0),
+        experiment_name=f'toy_{work_dir.name}',
+        **kwargs)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Work dir of a finished toy run: iter_2.pth and iter_4.pth."""
+    work_dir = tmp_path_factory.mktemp('trained')
+    with DefaultScope.overwrite_default_scope('mmengine'):
+        make_runner(work_dir).train()
+    return work_dir
+
+
+def test_runner_checkpoint_needs_the_allowlist(trained: Path) -> None:
+    ckpt = str(trained / 'iter_2.pth')
+    assert set(torch.serialization.get_unsafe_globals_in_checkpoint(ckpt)) == {
+        'mmengine.logging.history_buffer.HistoryBuffer', 'builtins.getattr',
+        'numpy.dtype', 'numpy._core.multiarray._reconstruct', 'numpy.ndarray',
+        'numpy._core.multiarray.scalar'
+    }
+    with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer'):
+        load_from_local(ckpt, 'cpu')  # MMEngine's own loader
+    ckpt_dict = _load_checkpoint(ckpt, map_location='cpu')  # ours
+    assert isinstance(ckpt_dict['message_hub']['log_scalars']['train/loss'],
+                      HistoryBuffer)
+
+
+def test_resume_continues_where_it_stopped(trained: Path,
+                                           tmp_path: Path) -> None:
+    record = RecordStartHook()
+    runner = make_runner(
+        tmp_path,
+        load_from=str(trained / 'iter_2.pth'),
+        resume=True,
+        custom_hooks=[record])
+    runner.train()
+    saved = compat.safe_torch_load(trained / 'iter_2.pth', 'cpu')
+    assert record.iter == 2
+    torch.testing.assert_close(record.optimizer['state'],
+                               saved['optimizer']['state'])
+    uninterrupted = compat.safe_torch_load(trained / 'iter_4.pth', 'cpu')
+    torch.testing.assert_close(runner.model.state_dict(),
+                               uninterrupted['state_dict'])
+
+
+def test_load_from_and_pretrained_init(trained: Path, tmp_path: Path) -> None:
+    ckpt = str(trained / 'iter_4.pth')
+    expected = compat.safe_torch_load(ckpt, 'cpu')['state_dict']
+    runner = make_runner(tmp_path, load_from=ckpt)
+    runner.load_or_resume()
+    torch.testing.assert_close(runner.model.state_dict(), expected)
+    model = ToyModel()
+    model.init_cfg = dict(type='Pretrained', checkpoint=ckpt)
+    model.init_weights()
+    torch.testing.assert_close(model.state_dict(), expected)
+
+
+class CreatesFile:
+    """Unpickling it opens (creates) ``path``: a stand-in for any payload."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, 'w')
+
+
+class ReachesAttribute:
+    """Unpickling it calls ``getattr(HistoryBuffer, '__init__')``."""
+
+    def __reduce__(self):
+        return getattr, (HistoryBuffer, '__init__')
+
+
+def test_code_running_checkpoint_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / 'evil.pth'
+    torch.save(
+        dict(state_dict=ToyModel().state_dict(), meta=CreatesFile(marker)),
+        evil)
+    # even when the environment asks torch not to load weights only
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    with pytest.raises(compat.UnsafeCheckpointError) as err:
+        load_checkpoint(ToyModel(), str(evil), map_location='cpu')
+    assert str(evil) in str(err.value)
+    assert 'weights_only=True' in str(err.value)
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the payload is live
+    assert marker.exists()
+
+
+def test_only_history_buffer_statistics_getattr(tmp_path: Path) -> None:
+    sneaky = tmp_path / 'sneaky.pth'
+    torch.save(dict(meta=ReachesAttribute()), sneaky)
+    with pytest.raises(compat.UnsafeCheckpointError, match='getattr'):
+        compat.safe_torch_load(sneaky)
+
+
+def test_safe_load_leaves_torch_allowlist_as_found(trained: Path) -> None:
+    with torch.serialization.safe_globals([np.ndarray]):  # a user's own
+        compat.safe_torch_load(trained / 'iter_2.pth')
+        allowed = torch.serialization.get_safe_globals()
+        assert np.ndarray in allowed and HistoryBuffer not in allowed
+
+
+# ---------------------------------------------------------------------------
+# 3. AMP on CPU
+# ---------------------------------------------------------------------------
+
+
+@needs_no_cuda
+def test_amp_optim_wrapper_needs_a_gpu() -> None:
+    from mmengine.optim import AmpOptimWrapper
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(AssertionError, match='only available training on gpu'):
+        AmpOptimWrapper(optimizer=optimizer, dtype='bfloat16')
+
+
+def test_bf16_optim_wrapper_trains_in_bfloat16() -> None:
+    from mmpretrain.registry import OPTIM_WRAPPERS
+    model = nn.Linear(4, 2)
+    before = model.weight.detach().clone()
+    wrapper = OPTIM_WRAPPERS.build(
+        dict(
+            type='beit_plugin.BF16AmpOptimWrapper',
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1)))
+    with wrapper.optim_context(model):
+        out = model(torch.randn(3, 4))
+    assert out.dtype == torch.bfloat16
+    wrapper.update_params(out.float().square().mean())
+    assert not torch.equal(model.weight, before)
+
+
+# ---------------------------------------------------------------------------
+# 4. numpy 2: the metrics on BEiT's path work unchanged
+# ---------------------------------------------------------------------------
+
+
+def test_accuracy_and_iou_metrics_on_numpy_2() -> None:
+    from mmpretrain.evaluation import Accuracy
+    from mmseg.evaluation import IoUMetric
+    if np.lib.NumpyVersion(np.__version__) >= '2.4.0':
+        assert not hasattr(np, 'in1d')  # only retrieval metrics need it
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+    top1 = Accuracy.calculate(scores, torch.tensor([0, 1, 1]), topk=(1, ))
+    assert top1[0][0].item() == pytest.approx(200 / 3)
+    pred = torch.tensor([[0, 1], [1, 1]])
+    label = torch.tensor([[0, 1], [0, 255]])
+    areas = IoUMetric.intersect_and_union(pred, label, 2, 255)
+    metrics = IoUMetric.total_area_to_metrics(*areas, ['mIoU'])
+    np.testing.assert_allclose(metrics['IoU'], [0.5, 0.5])
+
+
+# ---------------------------------------------------------------------------
+# 5. distributed on CPU
+# ---------------------------------------------------------------------------
+
+INIT_DIST = """
+from mmengine.dist import init_dist
+init_dist('pytorch', backend='gloo')
+"""
+
+INIT_DIST_ALL_LAUNCHERS = """
+import os
+import beit_plugin
+import torch
+from mmengine.dist import init_dist
+import torch.distributed as dist
+for launcher in ('pytorch', 'mpi', 'slurm'):
+    init_dist(launcher, backend='gloo')
+    assert dist.get_world_size() == 1 and dist.get_backend() == 'gloo'
+    if launcher == 'pytorch':  # why tools set device_ids=None on CPU
+        try:
+            torch.nn.parallel.DistributedDataParallel(
+                torch.nn.Linear(2, 2), device_ids=[0])
+        except ValueError as err:
+            assert 'device_ids' in str(err)
+        else:
+            raise AssertionError('DDP accepted device_ids for a CPU module')
+        torch.nn.parallel.DistributedDataParallel(
+            torch.nn.Linear(2, 2), device_ids=None)
+    dist.destroy_process_group()
+print('OK')
+"""
+
+
+def single_process_dist_env() -> Dict[str, str]:
+    """Environment of rank 0 of 1 for the pytorch, mpi and slurm launchers."""
+    return dict(
+        RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
+        MASTER_PORT=str(free_port()), OMPI_COMM_WORLD_LOCAL_RANK='0',
+        OMPI_COMM_WORLD_RANK='0', OMPI_COMM_WORLD_SIZE='1', SLURM_PROCID='0',
+        SLURM_NTASKS='1', SLURM_NODELIST='localhost', SLURM_LOCALID='0')
+
+
+@needs_no_cuda
+def test_init_dist_fails_on_cpu_without_plugin(tmp_path: Path) -> None:
+    result = run_python(INIT_DIST, tmp_path, **single_process_dist_env())
+    assert result.returncode != 0
+    assert 'NVIDIA driver' in result.stderr
+
+
+@needs_no_cuda
+def test_init_dist_on_cpu_with_plugin(tmp_path: Path) -> None:
+    result = run_python(INIT_DIST_ALL_LAUNCHERS, tmp_path,
+                        **single_process_dist_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith('OK')
+
+
+def test_dist_train_two_processes(toy_config: Path, tmp_path: Path) -> None:
+    """``bash tools/dist_train.sh CONFIG 2``: gloo/DDP on CPU, synced ranks."""
+    work_dir = tmp_path / 'dist'
+    result = run([
+        'bash',
+        str(ROOT / 'tools' / 'dist_train.sh'),
+        str(toy_config), '2', '--work-dir',
+        str(work_dir)
+    ],
+                 tmp_path,
+                 PORT=str(free_port()),
+                 PYTHON=sys.executable)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [
+        torch.load(work_dir / f'params_rank{r}.pth', weights_only=True)
+        for r in (0, 1)
+    ]
+    assert [r['world_size'] for r in ranks] == [2, 2]
+    torch.testing.assert_close(ranks[0]['state_dict'], ranks[1]['state_dict'],
+                               rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------
+# tools/train.py and tools/test.py
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def train_tool(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    monkeypatch.setenv('LOCAL_RANK', '0')  # parse_args sets it otherwise
+    return load_tool('train')
+
+
+def test_train_cli_reaches_config(train_tool: types.ModuleType,
+                                  toy_config: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(toy_config.parent)
+    args = train_tool.parse_args([
+        str(toy_config), '--resume', '--auto-scale-lr', '--cfg-options',
+        'train_cfg.max_iters=7', 'optim_wrapper.optimizer.lr=0.5',
+        'default_hooks.checkpoint.interval=3'
+    ])
+    cfg = train_tool.build_config(args)
+    assert cfg.train_cfg.max_iters == 7
+    assert cfg.optim_wrapper.optimizer.lr == 0.5
+    assert cfg.default_hooks.checkpoint.interval == 3
+    assert cfg.resume is True and cfg.load_from is None
+    assert cfg.auto_scale_lr.enable is True
+    assert cfg.work_dir == os.path.join('./work_dirs', 'toy_cfg')
+    assert cfg.launcher == 'none' and cfg.get('model_wrapper_cfg') is None
+
+    args = train_tool.parse_args(
+        [str(toy_config), '--resume', 'ck.pth', '--work-dir', 'wd'])
+    cfg = train_tool.build_config(args)
+    assert (cfg.resume, cfg.load_from, cfg.work_dir) == (True, 'ck.pth', 'wd')
+
+
+def test_train_tool_respects_runner_type(train_tool: types.ModuleType,
+                                         toy_config: Path,
+                                         tmp_path: Path) -> None:
+    from compat_toys import ToyRunner
+    cases = [([], Runner), (['runner_type=compat_toys.ToyRunner'], ToyRunner)]
+    for options, runner_type in cases:
+        args = train_tool.parse_args([
+            str(toy_config), '--work-dir',
+            str(tmp_path), '--cfg-options',
+            f'experiment_name={runner_type.__name__}', *options
+        ])
+        runner = train_tool.build_runner(train_tool.build_config(args))
+        assert type(runner) is runner_type
+
+
+@needs_no_cuda
+def test_train_cli_adapts_to_cpu(train_tool: types.ModuleType,
+                                 toy_config: Path) -> None:
+    args = train_tool.parse_args(
+        [str(toy_config), '--amp', '--launcher', 'pytorch'])
+    cfg = train_tool.build_config(args)
+    assert cfg.optim_wrapper.type == 'beit_plugin.BF16AmpOptimWrapper'
+    assert 'loss_scale' not in cfg.optim_wrapper
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.model_wrapper_cfg.type == 'MMDistributedDataParallel'
+    assert cfg.model_wrapper_cfg.device_ids is None
+
+
+@pytest.mark.parametrize('hook, expected', [
+    ("dict(type='VisualizationHook', enable=False)",
+     dict(enable=True, out_dir='vis')),
+    ("dict(type='SegVisualizationHook', draw=False)", dict(draw=True)),
+])
+def test_test_cli_show_dir(toy_config: Path, hook: str, expected: Dict,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('LOCAL_RANK', '0')  # parse_args sets it otherwise
+    with open(toy_config, 'a') as f:
+        f.write(f'default_hooks.update(visualization={hook})\n'
+                "visualizer = dict(type='Visualizer')\n")
+    test_tool = load_tool('test')
+    cfg = test_tool.build_config(
+        test_tool.parse_args([
+            str(toy_config), 'ck.pth', '--show-dir', 'vis', '--cfg-options',
+            'test_dataloader.batch_size=1'
+        ]))
+    assert cfg.load_from == 'ck.pth'
+    assert cfg.test_dataloader.batch_size == 1
+    for key, value in expected.items():
+        assert cfg.default_hooks.visualization[key] == value
+    if 'draw' in expected:  # MMSegmentation saves via the visualizer
+        assert cfg.visualizer.save_dir == 'vis'
+
+
+def test_train_and_test_tools_end_to_end(
+        toy_config: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python tools/train.py CONFIG --amp``, then tools/test.py on it."""
+    monkeypatch.setenv('LOCAL_RANK', '0')  # test.py's parse_args sets it
+    result = run(
+        [sys.executable,
+         str(ROOT / 'tools' / 'train.py'),
+         str(toy_config), '--amp'], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    work_dir = tmp_path / 'work_dirs' / 'toy_cfg'  # the default work dir
+    assert (work_dir / 'iter_4.pth').is_file()
+    if not CUDA:
+        assert 'bfloat16 autocast' in result.stdout + result.stderr
+
+    test_tool = load_tool('test')
+    out = tmp_path / 'preds.pkl'
+    metrics = test_tool.main([
+        str(toy_config),
+        str(work_dir / 'iter_4.pth'), '--work-dir',
+        str(tmp_path / 'test'), '--out',
+        str(out)
+    ])
+    assert 0.0 <= metrics['accuracy'] <= 1.0
+    with open(out, 'rb') as f:
+        assert len(pickle.load(f)) == len(ToyDataset())

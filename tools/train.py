@@ -1,0 +1,151 @@
+"""Train a model from a config (the OpenMMLab ``tools/train.py``).
+
+Examples::
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+    bash tools/dist_train.sh CONFIG NUM_PROCESSES [ARGS]
+
+``import beit_plugin`` comes before the runner is built, so that the fixes of
+:mod:`beit_plugin.compat` apply and the plugin's components are registered.
+Without CUDA, ``--amp`` trains with bfloat16 autocast
+(``beit_plugin.BF16AmpOptimWrapper``) and distributed launches use ``gloo``
+with CPU DDP (:func:`beit_plugin.compat.configure_cpu_distributed`).
+"""
+import argparse
+import logging
+import os
+import os.path as osp
+from typing import Optional, Sequence
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+# importing beit_plugin applies beit_plugin.compat and registers the plugin
+from beit_plugin.compat import configure_cpu_distributed
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line (``sys.argv[1:]`` when ``argv`` is None)."""
+    parser = argparse.ArgumentParser(description='Train a model')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from this checkpoint, or, without a path, from the '
+        'latest checkpoint in the work directory')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        help='enable automatic mixed precision training (bfloat16 autocast '
+        'when CUDA is unavailable)')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='scale the learning rate by the actual total batch size over '
+        '`auto_scale_lr.base_batch_size` of the config')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, as key=value pairs, e.g. '
+        'train_cfg.max_iters=10 or key="[a,b]"; no white space allowed')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def enable_amp(cfg: Config) -> None:
+    """Switch ``cfg.optim_wrapper`` to mixed precision.
+
+    With CUDA: MMEngine's ``AmpOptimWrapper`` (float16, dynamic loss scale).
+    Without: ``beit_plugin.BF16AmpOptimWrapper`` (bfloat16 autocast), since
+    ``AmpOptimWrapper`` refuses to be built without a GPU.
+    """
+    optim_wrapper = cfg.optim_wrapper
+    if torch.cuda.is_available():
+        if optim_wrapper.get('type') == 'AmpOptimWrapper':
+            print_log(
+                'AMP training is already enabled in your config.',
+                logger='current',
+                level=logging.WARNING)
+        optim_wrapper.type = 'AmpOptimWrapper'
+        optim_wrapper.setdefault('loss_scale', 'dynamic')
+        return
+    print_log(
+        'CUDA is not available: --amp trains with bfloat16 autocast on the '
+        'CPU (beit_plugin.BF16AmpOptimWrapper), as MMEngine\'s '
+        'AmpOptimWrapper needs a GPU.',
+        logger='current',
+        level=logging.WARNING)
+    optim_wrapper.type = 'beit_plugin.BF16AmpOptimWrapper'
+    optim_wrapper.pop('loss_scale', None)
+    optim_wrapper.pop('dtype', None)
+
+
+def enable_auto_scale_lr(cfg: Config) -> None:
+    """Turn on ``auto_scale_lr``, which the config must describe."""
+    if cfg.get('auto_scale_lr', {}).get('base_batch_size') is None:
+        raise RuntimeError(
+            '--auto-scale-lr needs `auto_scale_lr = dict(base_batch_size=N)` '
+            'in the config')
+    cfg.auto_scale_lr.enable = True
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Load ``args.config`` and apply the command-line options to it.
+
+    The work dir is, by priority, ``--work-dir``, the config's ``work_dir``,
+    then ``./work_dirs/<config file stem>``; ``--cfg-options`` come last and
+    override everything.
+    """
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    if args.amp:
+        enable_amp(cfg)
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    if args.auto_scale_lr:
+        enable_auto_scale_lr(cfg)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    configure_cpu_distributed(cfg)
+    return cfg
+
+
+def build_runner(cfg: Config) -> Runner:
+    """``Runner.from_cfg``, or the config's ``runner_type`` if it has one."""
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Train as the command line ``argv`` says."""
+    cfg = build_config(parse_args(argv))
+    build_runner(cfg).train()
+
+
+if __name__ == '__main__':
+    main()
