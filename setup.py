@@ -27,6 +27,10 @@ setup(
         'einops',
         'numpy',
         'safetensors',
+        # mmengine 0.10.7 resolves `mmpretrain::`/`mmseg::` config bases with
+        # pkg_resources (gone in setuptools 81) before any plugin code runs;
+        # torch 2.14 needs >= 77.0.3
+        'setuptools>=77.0.3,<81',
     ],
     extras_require={
         # mmsegmentation 1.2.2 refuses mmcv >= 2.2

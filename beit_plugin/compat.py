@@ -31,9 +31,18 @@ is idempotent), before any upstream model, dataset or runner is built:
    unavailable. The config side of CPU distributed training (``gloo``, DDP with
    ``device_ids=None``) is :func:`configure_cpu_distributed`, which the launch
    tools call.
+6. :func:`replace_pkg_resources_helpers`: MMEngine's ``is_installed`` /
+   ``get_installed_path`` import ``pkg_resources``, which setuptools >= 81 no
+   longer ships, so a config inheriting ``mmpretrain::`` / ``mmseg::`` bases
+   fails to load. They are replaced by :mod:`importlib.metadata` versions.
+   (A config is parsed before its ``custom_imports`` run, so tools that do
+   not import ``beit_plugin`` first, e.g. MMSegmentation's own
+   ``tools/train.py``, still need ``pkg_resources``: ``setup.py`` therefore
+   keeps setuptools < 81.)
 """
 import functools
 import importlib.machinery
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -422,9 +431,60 @@ def configure_cpu_distributed(cfg: Config) -> None:
 # ---------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------
+# 6. setuptools >= 81: no ``pkg_resources`` for MMEngine's package helpers
+# ---------------------------------------------------------------------------
+
+
+def _distribution(package: str):
+    """The installed distribution named ``package``, or None."""
+    try:
+        return importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def is_installed(package: str) -> bool:
+    """Whether ``package`` is installed (as a distribution, or importable)."""
+    if _distribution(package) is not None:
+        return True
+    spec = importlib.util.find_spec(package)
+    return spec is not None and spec.origin is not None
+
+
+def get_installed_path(package: str) -> str:
+    """The folder of ``package``'s top-level module, like MMEngine's helper
+    (``mmcv-lite`` -> ``.../site-packages/mmcv``)."""
+    dist = _distribution(package)
+    if dist is None:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise importlib.metadata.PackageNotFoundError(package)
+        return os.path.dirname(spec.origin)
+    location = str(dist.locate_file(''))
+    path = os.path.join(location, package)
+    if os.path.exists(path):
+        return path
+    top_level = (dist.read_text('top_level.txt') or '').split()
+    module = top_level[0] if top_level else package.replace('-', '_')
+    return os.path.join(location, module)
+
+
+def replace_pkg_resources_helpers() -> None:
+    """Use :func:`is_installed` / :func:`get_installed_path` in MMEngine in
+    place of its own, which need ``pkg_resources`` (and are slow with it)."""
+    from mmengine import utils as mmengine_utils
+    from mmengine.config import config as mmengine_config
+    from mmengine.utils import package_utils
+    for module in (package_utils, mmengine_utils, mmengine_config):
+        module.is_installed = is_installed
+        module.get_installed_path = get_installed_path
+
+
 def apply_fixes() -> None:
     """Apply every import-time fix of this module; safe to call again."""
     install_mmcv_ops_stand_in()
+    replace_pkg_resources_helpers()
     register_weights_only_checkpoint_loader()
     skip_cuda_set_device_without_cuda()
 
