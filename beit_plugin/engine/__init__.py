@@ -1,1 +1,3 @@
 import mmpretrain.engine  # noqa: F401  (fills the parent registries we fall back to)
+
+from . import hooks  # noqa: F401

@@ -1,3 +1,3 @@
 import mmpretrain.models  # noqa: F401  (fills the parent registry we fall back to)
 
-from . import backbones  # noqa: F401
+from . import algorithms, backbones, heads, necks, tokenizers  # noqa: F401

@@ -1,0 +1,3 @@
+from .codebook_usage import CodebookUsageHook
+
+__all__ = ['CodebookUsageHook']

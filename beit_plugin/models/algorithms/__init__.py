@@ -1,0 +1,3 @@
+from .beit_pretrainer import BEiTPretrainer
+
+__all__ = ['BEiTPretrainer']

@@ -1,0 +1,102 @@
+"""BEiT v1 / v2 masked image modeling: the algorithm that ties the parts."""
+from typing import Dict, List, Optional, Union
+
+import torch
+from mmpretrain.models.selfsup.base import BaseSelfSupervisor
+from mmpretrain.structures import DataSample
+from torch import nn
+
+from beit_plugin.registry import MODELS
+
+
+def _build(cfg: Union[dict, nn.Module, None]) -> Optional[nn.Module]:
+    """Build from our registry, so that ``type='BEiT'`` is our backbone and
+    not MMPretrain's algorithm of that name, whatever the default scope."""
+    if cfg is None or isinstance(cfg, nn.Module):
+        return cfg
+    return MODELS.build(cfg)
+
+
+@MODELS.register_module()
+class BEiTPretrainer(BaseSelfSupervisor):
+    """BEiT masked image modeling (v1 and v2 differ only by config).
+
+    The pipeline gives two views of each image and a patch mask. The frozen
+    tokenizer (``target_generator``) turns view 2 into visual-token ids with
+    no gradient; the backbone sees view 1 with masked patches replaced by its
+    mask token; the head predicts the ids of the masked patches. With a
+    ``neck`` (BEiT v2's patch aggregation) the backbone returns an early and
+    the last layer, and the aggregation branch adds its own loss term.
+
+    Args:
+        backbone (dict): our ``BEiT`` with ``use_mask_token=True``.
+        head (dict): ``BEiTMIMHead``.
+        target_generator (dict): a tokenizer with ``get_codebook_indices``
+            (VQ-KD for v2, DALL-E / dVAE for v1), loaded from its own
+            ``init_cfg`` and kept frozen.
+        neck (dict, optional): ``BEiTV2PatchAggregation`` for v2.
+        data_preprocessor (dict, optional): e.g. MMPretrain's
+            ``TwoNormDataPreprocessor`` (view 2 normalised for the tokenizer).
+        init_cfg (dict, optional): MMEngine initialisation config.
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 head: dict,
+                 target_generator: dict,
+                 neck: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(
+            backbone=_build(backbone),
+            neck=_build(neck),
+            head=_build(head),
+            target_generator=_build(target_generator),
+            data_preprocessor=data_preprocessor,
+            init_cfg=init_cfg)
+        self.target_generator.requires_grad_(False)
+        self.target_generator.eval()
+
+    def train(self, mode: bool = True) -> 'BEiTPretrainer':
+        """Set training mode; the tokenizer always stays in eval mode."""
+        super().train(mode)
+        self.target_generator.eval()
+        return self
+
+    def extract_feat(self, inputs: torch.Tensor):
+        """Backbone features of unmasked images."""
+        return self.backbone(inputs)
+
+    def loss(self, inputs: List[torch.Tensor],
+             data_samples: List[DataSample],
+             **kwargs) -> Dict[str, torch.Tensor]:
+        """Args:
+            inputs: ``[view1, view2]``, each ``(B, 3, H, W)``.
+            data_samples: each with ``mask`` ``(H_p, W_p)`` bool.
+
+        Returns:
+            The head's losses (``loss_mim``...) and ``acc_mim``.
+        """
+        images, target_images = inputs[0], inputs[1]
+        mask = torch.stack([
+            torch.as_tensor(sample.mask) for sample in data_samples
+        ]).to(images.device).flatten(1).bool()
+        with torch.no_grad():
+            target = self.target_generator.get_codebook_indices(
+                target_images)
+        if target.shape != mask.shape:
+            raise ValueError(
+                f'tokenizer ids of shape {tuple(target.shape)} do not match '
+                f'the mask of shape {tuple(mask.shape)}: the tokenizer must '
+                'see the same patch grid as the backbone (check the second '
+                'view size and the mask input_size)')
+        feats = self.backbone(images, mask)
+        if self.with_neck:
+            p = self.backbone.patch_size
+            grid = (images.shape[2] // p, images.shape[3] // p)
+            bias = self.backbone.rel_pos_bias(grid) \
+                if self.backbone.rel_pos_bias is not None else None
+            feats = self.neck(feats, grid, bias)
+        else:
+            feats = feats[-1][:, 1:]
+        return self.head.loss(feats, target, mask)

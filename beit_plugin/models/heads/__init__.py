@@ -1,0 +1,3 @@
+from .mim_head import BEiTMIMHead
+
+__all__ = ['BEiTMIMHead']

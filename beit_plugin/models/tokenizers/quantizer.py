@@ -1,0 +1,261 @@
+"""The VQ-KD vector quantizer: cosine nearest code over an L2-normalised,
+EMA-updated codebook, with cosine k-means initialisation, usage statistics
+and optional dead-code restart, consistent across ``torch.distributed`` ranks.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmengine.dist import all_reduce, broadcast, get_rank, get_world_size
+from torch import nn
+
+
+def l2norm(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise the last dimension."""
+    return F.normalize(x, p=2, dim=-1)
+
+
+def kmeans_cosine(samples: torch.Tensor,
+                  num_clusters: int,
+                  num_iters: int = 10,
+                  generator: Optional[torch.Generator] = None
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Spherical k-means: assign by cosine, centres are normalised means.
+
+    Args:
+        samples: ``(M, D)`` L2-normalised vectors.
+        num_clusters: ``K``.
+        num_iters: assignment / update rounds. Defaults to 10.
+        generator: random generator of the initial centres (drawn from the
+            samples, without replacement when ``M >= K``).
+
+    Returns:
+        ``(K, D)`` unit centres and ``(K,)`` float counts of the last
+        assignment. A centre that receives no sample keeps its value.
+    """
+    num = samples.shape[0]
+    if num >= num_clusters:
+        picks = torch.randperm(num, generator=generator)[:num_clusters]
+    else:
+        picks = torch.randint(num, (num_clusters, ), generator=generator)
+    means = samples[picks.to(samples.device)]
+    counts = torch.zeros(num_clusters, device=samples.device)
+    for _ in range(num_iters):
+        assign = (samples @ means.t()).argmax(dim=1)
+        counts = torch.bincount(assign, minlength=num_clusters).float()
+        sums = torch.zeros_like(means).index_add_(0, assign, samples)
+        means = torch.where(counts[:, None] > 0, l2norm(sums), means)
+    return means, counts
+
+
+class EMACodebook(nn.Module):
+    """The codebook and its EMA statistics, all persistent buffers.
+
+    Names follow the official BEiT v2 ``EmbeddingEMA`` (and so MMPretrain's),
+    so their ``quantize.embedding.*`` keys load as they are.
+
+    Buffers:
+        weight: ``(K, D)`` unit code vectors.
+        cluster_size: ``(K,)`` EMA of how many vectors each code received per
+            step (all ranks together).
+        embed_avg: ``(K, D)`` EMA of the sum of the vectors each code
+            received per step.
+        initted: ``(1,)``, 1.0 once the codebook is initialised (k-means runs
+            while it is 0).
+    """
+
+    def __init__(self, num_embed: int, embed_dims: int,
+                 kmeans_init: bool) -> None:
+        super().__init__()
+        weight = torch.zeros(num_embed, embed_dims) if kmeans_init else \
+            l2norm(torch.randn(num_embed, embed_dims))
+        self.register_buffer('weight', weight)
+        self.register_buffer('cluster_size', torch.zeros(num_embed))
+        self.register_buffer('embed_avg', torch.zeros(num_embed, embed_dims))
+        self.register_buffer('initted',
+                             torch.tensor([0. if kmeans_init else 1.]))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Code vectors of ``ids``: ``(...) -> (..., D)``."""
+        return F.embedding(ids, self.weight)
+
+
+class NormEMAVectorQuantizer(nn.Module):
+    """Vector quantizer with an L2-normalised, EMA-updated codebook (VQ-KD).
+
+    Inputs are L2-normalised and assigned to the code of highest cosine
+    similarity. In training mode, each step updates, after an all-reduce
+    over ranks of the per-code counts ``n_k`` and vector sums ``s_k``::
+
+        cluster_size = decay * cluster_size + (1 - decay) * n_k
+        embed_avg    = decay * embed_avg    + (1 - decay) * s_k
+        weight_k     = embed_avg_k / |embed_avg_k|   (codes with n_k > 0)
+
+    (The Euclidean EMA quantizer divides ``embed_avg`` by the smoothed
+    cluster size; on unit vectors that only rescales, so the code is the
+    direction of its EMA sum.) Codes that receive nothing, or whose EMA sum
+    is shorter than ``eps``, keep their value. The output is the
+    straight-through estimate ``z + sg(e - z)``, and the loss is the
+    commitment term ``beta * mse(z, sg(e))`` (the codebook learns by EMA,
+    not by gradient).
+
+    With ``kmeans_init``, the first training batch initialises the codebook
+    by spherical k-means (rank 0's batch, broadcast); ``embedding.initted``
+    is saved with the weights, so a resumed or loaded model never
+    re-initialises. With ``restart_dead_codes``, after each update every code
+    whose EMA cluster size is below ``dead_code_threshold`` times the mean
+    cluster size is re-seeded with a normalised input vector of the current
+    batch (rank 0 picks, all ranks receive), and its cluster size set to the
+    mean, which gives it about ``log(threshold) / log(decay)`` steps to
+    attract vectors before it can be restarted again.
+
+    Args:
+        num_embed (int): codebook size ``K``.
+        embed_dims (int): code dimension ``D``.
+        beta (float): commitment loss weight. Defaults to 1.
+        decay (float): EMA decay. Defaults to 0.99.
+        eps (float): minimal EMA-sum norm for a code to be updated.
+            Defaults to 1e-5.
+        kmeans_init (bool): k-means initialisation on the first training
+            batch; otherwise random unit codes. Defaults to True.
+        kmeans_iters (int): k-means rounds. Defaults to 10.
+        restart_dead_codes (bool): re-seed dead codes. Defaults to False.
+        dead_code_threshold (float): relative EMA cluster size under which
+            a code is dead. Defaults to 0.03.
+
+    Attributes:
+        last_counts: ``(K,)`` how many vectors each code received in the
+            last training step, summed over ranks (for usage statistics).
+    """
+
+    def __init__(self,
+                 num_embed: int,
+                 embed_dims: int,
+                 beta: float = 1.0,
+                 decay: float = 0.99,
+                 eps: float = 1e-5,
+                 kmeans_init: bool = True,
+                 kmeans_iters: int = 10,
+                 restart_dead_codes: bool = False,
+                 dead_code_threshold: float = 0.03) -> None:
+        super().__init__()
+        self.num_embed = num_embed
+        self.embed_dims = embed_dims
+        self.beta = beta
+        self.decay = decay
+        self.eps = eps
+        self.kmeans_iters = kmeans_iters
+        self.restart_dead_codes = restart_dead_codes
+        self.dead_code_threshold = dead_code_threshold
+        self.embedding = EMACodebook(num_embed, embed_dims, kmeans_init)
+        self.register_buffer('last_counts', torch.zeros(num_embed),
+                             persistent=False)
+        self._register_load_state_dict_pre_hook(self._adapt_state_dict)
+
+    def get_indices(self, z: torch.Tensor) -> torch.Tensor:
+        """Indices of the nearest codes (by cosine), no state change.
+
+        Args:
+            z: ``(..., D)`` vectors (any norm).
+
+        Returns:
+            ``(...)`` long code indices.
+        """
+        return (l2norm(z.float()) @ self.embedding.weight.t()).argmax(dim=-1)
+
+    def forward(self, z: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantize ``z`` and, in training mode, update the codebook.
+
+        Args:
+            z: ``(..., D)`` encoder outputs.
+
+        Returns:
+            ``(..., D)`` straight-through quantized unit vectors, the scalar
+            commitment loss and ``(...)`` long code indices.
+        """
+        z = l2norm(z.float())
+        flat = z.reshape(-1, self.embed_dims)
+        if self.training and not self.embedding.initted.item():
+            self._kmeans_init(flat.detach())
+        ids = (flat @ self.embedding.weight.t()).argmax(dim=1)
+        codes = self.embedding(ids)
+        if self.training:
+            self._ema_update(flat.detach(), ids)
+        loss = self.beta * F.mse_loss(codes.detach(), flat)
+        quantized = flat + (codes - flat).detach()
+        return quantized.view_as(z), loss, ids.view(z.shape[:-1])
+
+    @torch.no_grad()
+    def _kmeans_init(self, flat: torch.Tensor) -> None:
+        """Initialise the codebook by k-means on rank 0's batch."""
+        if get_rank() == 0:
+            means, counts = kmeans_cosine(flat, self.num_embed,
+                                          self.kmeans_iters)
+        else:
+            means = torch.empty_like(self.embedding.weight)
+            counts = torch.empty_like(self.embedding.cluster_size)
+        broadcast(means, 0)
+        broadcast(counts, 0)
+        counts = counts * get_world_size()  # one rank's batch of the global
+        self.embedding.weight.copy_(means)
+        self.embedding.cluster_size.copy_(counts)
+        self.embedding.embed_avg.copy_(means * counts[:, None])
+        self.embedding.initted.fill_(1.)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, ids: torch.Tensor) -> None:
+        """One EMA step from this batch (all ranks' statistics summed)."""
+        counts = torch.bincount(ids, minlength=self.num_embed).to(flat)
+        sums = torch.zeros_like(self.embedding.weight).index_add_(
+            0, ids, flat)
+        all_reduce(counts)
+        all_reduce(sums)
+        self.last_counts.copy_(counts)
+        book = self.embedding
+        book.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        book.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        norms = book.embed_avg.norm(dim=1, keepdim=True)
+        update = (counts[:, None] > 0) & (norms > self.eps)
+        book.weight.copy_(
+            torch.where(update, book.embed_avg / norms.clamp_min(self.eps),
+                        book.weight))
+        if self.restart_dead_codes:
+            self._restart_dead_codes(flat)
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, flat: torch.Tensor) -> None:
+        """Re-seed dead codes with vectors of rank 0's batch."""
+        book = self.embedding
+        mean_size = book.cluster_size.mean()
+        dead = book.cluster_size < self.dead_code_threshold * mean_size
+        num_dead = int(dead.sum())  # equal on all ranks: sizes are reduced
+        if num_dead == 0:
+            return
+        if flat.shape[0] >= num_dead:
+            picks = torch.randperm(flat.shape[0], device=flat.device)
+            picks = picks[:num_dead]
+        else:
+            picks = torch.randint(
+                flat.shape[0], (num_dead, ), device=flat.device)
+        seeds = flat[picks].contiguous()
+        broadcast(seeds, 0)
+        book.weight[dead] = seeds
+        book.cluster_size[dead] = mean_size
+        book.embed_avg[dead] = seeds * mean_size
+
+    def _adapt_state_dict(self, state_dict: dict, prefix: str, *args,
+                          **kwargs) -> None:
+        """Pre-hook of ``load_state_dict`` for official / MMPretrain
+        checkpoints: their usage statistic ``cluster_size`` (next to
+        ``embedding``) becomes ``embedding.cluster_size``, and
+        ``embedding.embed_avg`` (absent, or never updated by their
+        quantizer) is rebuilt as ``weight * cluster_size``."""
+        usage = state_dict.pop(prefix + 'cluster_size', None)
+        if usage is None:
+            return
+        weight = state_dict.get(prefix + 'embedding.weight')
+        state_dict[prefix + 'embedding.cluster_size'] = usage
+        if weight is not None:
+            state_dict[prefix + 'embedding.embed_avg'] = \
+                weight * usage[:, None]

@@ -1,0 +1,111 @@
+# The embedded default: BEiT v2-style masked image modeling of a small BEiT on
+# the demo data (generated on first use under data/demo), on CPU.
+#
+#   python tools/train.py configs/beit_pretrain.py
+#
+# Targets come from the demo VQ-KD tokenizer shipped in checkpoints/, which
+# `python tools/train.py configs/vqkd/vqkd_demo_hog.py` produced (see README).
+#
+# WORK IN PROGRESS (issue 5): the tokenizer checkpoint is not shipped yet, so
+# this config does not run until it is.
+_base_ = [
+    'mmpretrain::_base_/datasets/imagenet_bs256_beitv2.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['beit_plugin'], allow_failed_imports=False)
+default_scope = 'beit_plugin'
+
+img_size = 64
+patch_size = 8
+grid = img_size // patch_size  # 8 x 8 patches
+tokenizer_checkpoint = 'checkpoints/vqkd_demo_hog.pth'
+arch = dict(embed_dims=192, num_layers=6, num_heads=6,
+            feedforward_channels=768)
+early_layers = 4
+
+model = dict(
+    type='BEiTPretrainer',
+    backbone=dict(
+        type='BEiT',
+        arch=arch,
+        img_size=img_size,
+        patch_size=patch_size,
+        out_indices=(early_layers - 1, -1),
+        final_norm=False,  # v2: the norm is shared with the neck's branch
+        use_mask_token=True,
+        use_shared_rel_pos_bias=True,
+        layer_scale_init_value=0.1),
+    neck=dict(
+        type='BEiTV2PatchAggregation',
+        embed_dims=arch['embed_dims'],
+        num_heads=arch['num_heads'],
+        feedforward_channels=arch['feedforward_channels'],
+        num_layers=2,
+        early_layers=early_layers,
+        backbone_layers=arch['num_layers'],
+        layer_scale_init_value=0.1),
+    head=dict(type='BEiTMIMHead', in_channels=arch['embed_dims'],
+              num_embed=512),
+    target_generator=dict(
+        type='VQKDTokenizer',
+        encoder=dict(
+            arch=dict(embed_dims=128, num_layers=4, num_heads=4,
+                      feedforward_channels=512),
+            img_size=img_size,
+            patch_size=patch_size),
+        num_embed=512,
+        embed_dims=32,
+        frozen=True,
+        init_cfg=dict(type='Pretrained', checkpoint=tokenizer_checkpoint)),
+    data_preprocessor={{_base_.data_preprocessor}})
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4,
+         hue=0.),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='RandomResizedCropAndInterpolationWithTwoPic', size=img_size,
+         second_size=img_size, interpolation='bicubic',
+         second_interpolation='bicubic', scale=(0.2, 1.0)),
+    dict(type='BlockwiseMaskGenerator', input_size=grid,
+         num_masking_patches=26, min_num_patches=4, fixed_count=True),
+    dict(type='PackInputs'),
+]
+train_dataloader = dict(
+    batch_size=32,
+    num_workers=2,
+    dataset=dict(
+        type='DemoImageNet',  # mmpretrain's ImageNet; generates data/demo
+        data_root='data/demo/imagenet',
+        pipeline=train_pipeline))
+
+max_iters = 1500
+warmup_iters = 100
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1.5e-3, betas=(0.9, 0.999),
+                   weight_decay=0.05),
+    clip_grad=dict(max_norm=3.0),
+    paramwise_cfg=dict(
+        norm_decay_mult=0.,
+        bias_decay_mult=0.,
+        custom_keys={
+            'pos_embed': dict(decay_mult=0.),
+            'cls_token': dict(decay_mult=0.),
+            'mask_token': dict(decay_mult=0.),
+            'gamma': dict(decay_mult=0.),
+            'relative_position_bias_table': dict(decay_mult=0.),
+        }))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0,
+         end=warmup_iters),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=False,
+         begin=warmup_iters, end=max_iters),
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=50),
+    checkpoint=dict(type='CheckpointHook', interval=500, by_epoch=False,
+                    max_keep_ckpts=2, save_last=True))
+log_processor = dict(by_epoch=False)
+randomness = dict(seed=0)

@@ -1,0 +1,72 @@
+"""BEiTPretrainer (v1 without neck, v2 with patch aggregation), tiny."""
+import pytest
+import torch
+from mmpretrain.structures import DataSample
+
+from beit_plugin.models.algorithms import BEiTPretrainer
+
+ARCH = dict(embed_dims=32, num_layers=3, num_heads=2, feedforward_channels=64)
+
+
+def build(v2: bool) -> BEiTPretrainer:
+    tokenizer = dict(type='VQKDTokenizer', encoder=dict(
+        arch=ARCH, img_size=32, patch_size=8), num_embed=16, frozen=True)
+    return BEiTPretrainer(
+        backbone=dict(type='BEiT', arch=ARCH, img_size=32, patch_size=8,
+                      use_mask_token=True, final_norm=not v2,
+                      out_indices=(1, -1) if v2 else -1),
+        neck=dict(type='BEiTV2PatchAggregation', embed_dims=32, num_heads=2,
+                  feedforward_channels=64, early_layers=2,
+                  backbone_layers=3) if v2 else None,
+        head=dict(type='BEiTMIMHead', in_channels=32, num_embed=16),
+        target_generator=tokenizer)
+
+
+def batch(n: int = 4):
+    images = torch.randn(n, 3, 32, 32)
+    samples = []
+    for i in range(n):
+        sample = DataSample()
+        mask = torch.zeros(4, 4, dtype=torch.bool)
+        mask[i % 4, :] = True
+        sample.set_field(mask, 'mask')
+        samples.append(sample)
+    return [images, images.clone()], samples
+
+
+@pytest.mark.parametrize('v2', [False, True])
+def test_loss_finite_masked_only_and_decreasing(v2):
+    torch.manual_seed(0)
+    model = build(v2)
+    inputs, samples = batch()
+    seen = []
+    model.head.cls_head.register_forward_hook(
+        lambda m, args, out: seen.append(args[0].shape[0]))
+    losses = model.loss(inputs, samples)
+    assert set(losses) == ({'loss_mim', 'loss_mim_1', 'acc_mim'} if v2
+                           else {'loss_mim', 'acc_mim'})
+    assert all(count == 4 * 4 for count in seen)  # 4 masked of 16, x4 imgs
+    assert not any(p.requires_grad
+                   for p in model.target_generator.parameters())
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(25):
+        losses = model.loss(inputs, samples)
+        total = sum(v for k, v in losses.items() if k.startswith('loss'))
+        first = first if first is not None else total.item()
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    assert torch.isfinite(total)
+    assert total.item() < 0.5 * first
+    model.train()
+    assert not model.target_generator.training
+
+
+def test_tokenizer_grid_mismatch_is_reported():
+    model = build(False)
+    inputs, samples = batch()
+    inputs[1] = torch.randn(4, 3, 64, 64)  # tokenizer sees an 8x8 grid
+    with pytest.raises(ValueError, match=r'\(4, 64\).*\(4, 16\)'):
+        model.loss(inputs, samples)
