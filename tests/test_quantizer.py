@@ -2,7 +2,6 @@
 import math
 import os
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -171,6 +170,20 @@ def test_dead_code_restart_reseeds_only_dead_codes():
     off.embedding.cluster_size.copy_(torch.tensor([10.] * 5 + [0.] * 3))
     off(z)
     assert torch.equal(off.embedding.weight[5:], before[5:])
+
+
+def test_dead_codes_restart_where_the_codebook_fits_worst():
+    """Seeds are drawn by quantization error: with 20 vectors exactly on
+    live codes and 3 far from every code, the 3 dead codes get the 3 far
+    ones (each drawn with odds of about 1e6 to 1)."""
+    q = make(num_embed=8, dims=8, restart_dead_codes=True)
+    basis = torch.eye(8)
+    q.embedding.weight.copy_(torch.cat([basis[:5], -basis[:3]]))
+    q.embedding.cluster_size.copy_(torch.tensor([10.] * 5 + [0.] * 3))
+    outliers = basis[5:]
+    q(torch.cat([basis[:5].repeat(4, 1), outliers]))
+    seeds = q.embedding.weight[5:]
+    assert torch.equal(seeds[seeds.argmax(1).argsort()], outliers)
 
 
 # --------------------------------------------------------------------------

@@ -5,7 +5,7 @@ token ids of the second view; VQ-KD, the trainable dVAE and the DALL-E
 encoder all answer the same calls, so a config swaps one for another by
 changing the tokenizer dict alone.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmengine.model import BaseModel
@@ -118,11 +118,3 @@ class Tokenizer(BaseModel):
         raise ValueError(f'{type(self).__name__} supports the modes '
                          f"'loss' and 'tensor', not {mode!r}")
 
-
-def grid_of(img: torch.Tensor, downsample: int) -> Sequence[int]:
-    """Token grid ``(H, W)`` of an ``(B, C, H_img, W_img)`` input."""
-    h_img, w_img = img.shape[-2:]
-    if h_img % downsample or w_img % downsample:
-        raise ValueError(f'input size {(h_img, w_img)} is not a multiple of '
-                         f'the tokenizer downsampling {downsample}')
-    return h_img // downsample, w_img // downsample

@@ -105,9 +105,10 @@ class NormEMAVectorQuantizer(nn.Module):
     re-initialises. With ``restart_dead_codes``, after each update every code
     whose EMA cluster size is below ``dead_code_threshold`` times the mean
     cluster size is re-seeded with a normalised input vector of the current
-    batch (rank 0 picks, all ranks receive), and its cluster size set to the
-    mean, which gives it about ``log(threshold) / log(decay)`` steps to
-    attract vectors before it can be restarted again.
+    batch, drawn with probability proportional to its quantization error
+    (rank 0 picks, all ranks receive), and its cluster size set to
+    twice that floor: a restarted code that attracts nothing is dead again
+    after ``log(2) / -log(decay)`` steps (69 at decay 0.99).
 
     Args:
         num_embed (int): codebook size ``K``.
@@ -121,7 +122,7 @@ class NormEMAVectorQuantizer(nn.Module):
         kmeans_iters (int): k-means rounds. Defaults to 10.
         restart_dead_codes (bool): re-seed dead codes. Defaults to False.
         dead_code_threshold (float): relative EMA cluster size under which
-            a code is dead. Defaults to 0.03.
+            a code is dead. Defaults to 0.1.
 
     Attributes:
         last_counts: ``(K,)`` how many vectors each code received in the
@@ -137,7 +138,7 @@ class NormEMAVectorQuantizer(nn.Module):
                  kmeans_init: bool = True,
                  kmeans_iters: int = 10,
                  restart_dead_codes: bool = False,
-                 dead_code_threshold: float = 0.03) -> None:
+                 dead_code_threshold: float = 0.1) -> None:
         super().__init__()
         self.num_embed = num_embed
         self.embed_dims = embed_dims
@@ -181,7 +182,7 @@ class NormEMAVectorQuantizer(nn.Module):
         ids = (flat @ self.embedding.weight.t()).argmax(dim=1)
         codes = self.embedding(ids)
         if self.training:
-            self._ema_update(flat.detach(), ids)
+            self._ema_update(flat.detach(), ids, codes)
         loss = self.beta * F.mse_loss(codes.detach(), flat)
         quantized = flat + (codes - flat).detach()
         return quantized.view_as(z), loss, ids.view(z.shape[:-1])
@@ -204,8 +205,10 @@ class NormEMAVectorQuantizer(nn.Module):
         self.embedding.initted.fill_(1.)
 
     @torch.no_grad()
-    def _ema_update(self, flat: torch.Tensor, ids: torch.Tensor) -> None:
-        """One EMA step from this batch (all ranks' statistics summed)."""
+    def _ema_update(self, flat: torch.Tensor, ids: torch.Tensor,
+                    codes: torch.Tensor) -> None:
+        """One EMA step from this batch (all ranks' statistics summed);
+        ``codes`` are the codes ``flat`` was assigned to."""
         counts = torch.bincount(ids, minlength=self.num_embed).to(flat)
         sums = torch.zeros_like(self.embedding.weight).index_add_(
             0, ids, flat)
@@ -221,28 +224,30 @@ class NormEMAVectorQuantizer(nn.Module):
             torch.where(update, book.embed_avg / norms.clamp_min(self.eps),
                         book.weight))
         if self.restart_dead_codes:
-            self._restart_dead_codes(flat)
+            self._restart_dead_codes(flat, 1 - (flat * codes).sum(dim=1))
 
     @torch.no_grad()
-    def _restart_dead_codes(self, flat: torch.Tensor) -> None:
-        """Re-seed dead codes with vectors of rank 0's batch."""
+    def _restart_dead_codes(self, flat: torch.Tensor,
+                            errors: torch.Tensor) -> None:
+        """Re-seed dead codes with vectors of rank 0's batch, drawn with
+        probability proportional to their quantization ``errors`` (``1 -
+        cos`` to their code), so that new codes go where the codebook
+        covers the data worst, not into the densest (often duplicated)
+        region."""
         book = self.embedding
-        mean_size = book.cluster_size.mean()
-        dead = book.cluster_size < self.dead_code_threshold * mean_size
+        floor = self.dead_code_threshold * book.cluster_size.mean()
+        dead = book.cluster_size < floor
         num_dead = int(dead.sum())  # equal on all ranks: sizes are reduced
         if num_dead == 0:
             return
-        if flat.shape[0] >= num_dead:
-            picks = torch.randperm(flat.shape[0], device=flat.device)
-            picks = picks[:num_dead]
-        else:
-            picks = torch.randint(
-                flat.shape[0], (num_dead, ), device=flat.device)
+        weights = errors.clamp_min(0) + 1e-6  # every vector can be drawn
+        picks = torch.multinomial(
+            weights, num_dead, replacement=num_dead > flat.shape[0])
         seeds = flat[picks].contiguous()
         broadcast(seeds, 0)
         book.weight[dead] = seeds
-        book.cluster_size[dead] = mean_size
-        book.embed_avg[dead] = seeds * mean_size
+        book.cluster_size[dead] = 2 * floor
+        book.embed_avg[dead] = seeds * 2 * floor
 
     def _adapt_state_dict(self, state_dict: dict, prefix: str, *args,
                           **kwargs) -> None:

@@ -67,7 +67,7 @@ class VQKDTokenizer(Tokenizer):
         restart_dead_codes (bool): re-seed dead codes from the batch.
             Defaults to False.
         dead_code_threshold (float): relative EMA cluster size under which
-            a code is dead. Defaults to 0.03.
+            a code is dead. Defaults to 0.1.
         input_norm (dict): input normalisation (0-255 RGB). Defaults to
             ``[-1, 1]`` (mean = std = 127.5), as the official tokenizers.
         frozen (bool): freeze once built. Defaults to False.
@@ -87,7 +87,7 @@ class VQKDTokenizer(Tokenizer):
                  eps: float = 1e-5,
                  kmeans_init: bool = True,
                  restart_dead_codes: bool = False,
-                 dead_code_threshold: float = 0.03,
+                 dead_code_threshold: float = 0.1,
                  input_norm: Norm = SYMMETRIC_NORM,
                  frozen: bool = False,
                  data_preprocessor: Optional[Dict] = None,
@@ -116,13 +116,9 @@ class VQKDTokenizer(Tokenizer):
         if decoder is not None:
             if target_dims is None:
                 raise ValueError('a decoder needs a teacher or target_dims')
-            self.decoder = BEiT(
-                **{
-                    **VIT_DEFAULTS,
-                    **decoder, 'img_size': self.encoder.patch_grid,
-                    'patch_size': 1,
-                    'in_channels': embed_dims
-                })
+            fixed = dict(img_size=self.encoder.patch_grid, patch_size=1,
+                         in_channels=embed_dims)
+            self.decoder = BEiT(**{**VIT_DEFAULTS, **decoder, **fixed})
             self.decode_task_layer = _task_layer(self.decoder.embed_dims,
                                                  target_dims)
         for layer in (self.encode_task_layer, self.decode_task_layer):
