@@ -20,8 +20,11 @@ def num_relative_distances(window: Window) -> int:
 
 
 @lru_cache(maxsize=16)
-def relative_position_index(window: Window) -> torch.Tensor:
-    """Row of the table for each (query, key) pair, shape ``(1+N, 1+N)``.
+def relative_position_index(window: Window,
+                            device: torch.device = torch.device('cpu')
+                            ) -> torch.Tensor:
+    """Row of the table for each (query, key) pair, shape ``(1+N, 1+N)``,
+    cached per window and device (no copy per layer and step).
 
     ``N = Wh * Ww``; position 0 is the CLS token.
     """
@@ -39,7 +42,7 @@ def relative_position_index(window: Window) -> torch.Tensor:
     index[0, 0:] = num - 3
     index[0:, 0] = num - 2
     index[0, 0] = num - 1
-    return index
+    return index.to(device)
 
 
 def lookup_bias(table: torch.Tensor, window: Window,
@@ -57,7 +60,7 @@ def lookup_bias(table: torch.Tensor, window: Window,
     """
     if tuple(window) != tuple(table_window):
         table = resize_relative_position_table(table, window, table_window)
-    index = relative_position_index(tuple(window)).to(table.device)
+    index = relative_position_index(tuple(window), table.device)
     length = index.shape[0]
     bias = table[index.view(-1)].view(length, length, -1)
     return bias.permute(2, 0, 1).contiguous()
