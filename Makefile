@@ -13,7 +13,7 @@ STAMP := $(PREFIX)/.beit-plugin-install
 .PHONY: demo test install install-tests
 
 demo: $(STAMP)-runtime
-	$(PYTHON) tools/benchmark_backbone.py --demo
+	$(PYTHON) tools/train.py configs/beit_pretrain.py
 
 test: $(STAMP)-tests
 	$(PYTHON) -m pytest

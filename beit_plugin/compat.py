@@ -39,7 +39,23 @@ is idempotent), before any upstream model, dataset or runner is built:
    not import ``beit_plugin`` first, e.g. MMSegmentation's own
    ``tools/train.py``, still need ``pkg_resources``: ``setup.py`` therefore
    keeps setuptools < 81.)
+7. :func:`drop_scope_from_collate_fn`: a config inheriting an ``mmpretrain::``
+   base gets ``_scope_='mmpretrain'`` in every dict of that base, the
+   dataloader's ``collate_fn=dict(type='default_collate')`` included; MMEngine's
+   ``Runner.build_dataloader`` passes that key on to the function
+   (``default_collate() got an unexpected keyword argument '_scope_'``).
+   The key is dropped before the collate function is built.
+8. :func:`revert_sync_batchnorm_without_cuda`: MMSegmentation's models use
+   ``SyncBN`` (``nn.SyncBatchNorm``). MMEngine's ``Runner.wrap_model``
+   reverts it to BN only when training is not distributed; under a
+   distributed launch on a machine without CUDA (``tools/dist_train.sh`` with
+   gloo) ``DistributedDataParallel`` refuses the model (``SyncBatchNorm
+   layers only work with GPU modules``). When CUDA is unavailable, the model
+   is reverted to BN before it is wrapped (each rank then normalises over
+   its own batch), and a ``sync_bn`` of the config is ignored, with a
+   warning. With CUDA nothing changes.
 """
+import copy
 import functools
 import importlib.machinery
 import importlib.metadata
@@ -61,6 +77,7 @@ from mmengine.config import Config
 from mmengine.logging import HistoryBuffer, print_log
 from mmengine.optim import OptimWrapper
 from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
+from mmengine.runner import Runner
 from mmengine.runner import amp as mmengine_amp
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.parallel import DistributedDataParallel
@@ -481,12 +498,101 @@ def replace_pkg_resources_helpers() -> None:
         module.get_installed_path = get_installed_path
 
 
+# ---------------------------------------------------------------------------
+# 7. ``_scope_`` in an inherited ``collate_fn``
+# ---------------------------------------------------------------------------
+
+
+def _without_collate_scope(dataloader: Any) -> Any:
+    """A dataloader config whose ``collate_fn`` dict has no ``_scope_``."""
+    if not isinstance(dataloader, dict):
+        return dataloader
+    collate_fn = dataloader.get('collate_fn')
+    if not isinstance(collate_fn, dict) or '_scope_' not in collate_fn:
+        return dataloader
+    dataloader = copy.copy(dataloader)
+    dataloader['collate_fn'] = {
+        k: v for k, v in collate_fn.items() if k != '_scope_'}
+    return dataloader
+
+
+def drop_scope_from_collate_fn() -> None:
+    """Make ``Runner.build_dataloader`` ignore a ``collate_fn``'s
+    ``_scope_`` (the original stays reachable as ``__wrapped__``)."""
+    original = Runner.build_dataloader
+    if hasattr(original, '__wrapped__'):
+        return
+
+    @functools.wraps(original)
+    def build_dataloader(dataloader: Any, *args, **kwargs):
+        return original(_without_collate_scope(dataloader), *args, **kwargs)
+
+    Runner.build_dataloader = staticmethod(build_dataloader)
+
+
+# ---------------------------------------------------------------------------
+# 8. SyncBN under distributed training without CUDA
+# ---------------------------------------------------------------------------
+
+
+def _has_sync_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+
+
+def revert_sync_batchnorm_without_cuda() -> None:
+    """Make ``Runner.wrap_model`` revert SyncBN to BN under a distributed
+    launch when CUDA is unavailable (the original stays reachable as
+    ``__wrapped__``).
+
+    ``DistributedDataParallel`` raises ``SyncBatchNorm layers only work with
+    GPU modules`` for a CPU model holding ``nn.SyncBatchNorm``; MMEngine only
+    reverts SyncBN when training is not distributed. Without CUDA the model's
+    SyncBN layers become ``BatchNormXd`` (weights and running statistics
+    kept, so checkpoints are unchanged) and ``cfg.sync_bn`` (which would
+    convert BN to SyncBN again) is skipped, each with a logged warning.
+    """
+    from mmengine.model import is_model_wrapper, revert_sync_batchnorm
+    from mmengine.runner import runner as runner_module
+
+    original = Runner.wrap_model
+    if hasattr(original, '__wrapped__'):
+        return
+
+    @functools.wraps(original)
+    def wrap_model(self, model_wrapper_cfg, model):
+        if (torch.cuda.is_available() or not self.distributed
+                or is_model_wrapper(model)):
+            return original(self, model_wrapper_cfg, model)
+        if _has_sync_batchnorm(model):
+            print_log(
+                'CUDA is not available: SyncBN layers are reverted to BN for '
+                'distributed training on the CPU (DistributedDataParallel '
+                'only supports SyncBN on GPUs); each process normalises over '
+                'its own batch.',
+                logger='current',
+                level=logging.WARNING)
+            model = revert_sync_batchnorm(model)
+        if self.cfg.get('sync_bn') is not None:
+            print_log(
+                f'CUDA is not available: sync_bn={self.cfg.sync_bn!r} is '
+                'ignored (SyncBN needs GPUs).',
+                logger='current',
+                level=logging.WARNING)
+        with mock.patch.object(runner_module, 'convert_sync_batchnorm',
+                               lambda module, *args, **kwargs: module):
+            return original(self, model_wrapper_cfg, model)
+
+    Runner.wrap_model = wrap_model
+
+
 def apply_fixes() -> None:
     """Apply every import-time fix of this module; safe to call again."""
     install_mmcv_ops_stand_in()
     replace_pkg_resources_helpers()
     register_weights_only_checkpoint_loader()
     skip_cuda_set_device_without_cuda()
+    drop_scope_from_collate_fn()
+    revert_sync_batchnorm_without_cuda()
 
 
 apply_fixes()

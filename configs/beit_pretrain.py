@@ -5,9 +5,6 @@
 #
 # Targets come from the demo VQ-KD tokenizer shipped in checkpoints/, which
 # `python tools/train.py configs/vqkd/vqkd_demo_hog.py` produced (see README).
-#
-# WORK IN PROGRESS (issue 5): the tokenizer checkpoint is not shipped yet, so
-# this config does not run until it is.
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs256_beitv2.py',
     'mmpretrain::_base_/default_runtime.py',
@@ -67,7 +64,9 @@ train_pipeline = [
     dict(type='RandomResizedCropAndInterpolationWithTwoPic', size=img_size,
          second_size=img_size, interpolation='bicubic',
          second_interpolation='bicubic', scale=(0.2, 1.0)),
-    dict(type='BlockwiseMaskGenerator', input_size=grid,
+    # scoped names: the dataloader inherited from MMPretrain's base config
+    # builds its dataset and pipeline in the mmpretrain scope
+    dict(type='beit_plugin.BlockwiseMaskGenerator', input_size=grid,
          num_masking_patches=26, min_num_patches=4, fixed_count=True),
     dict(type='PackInputs'),
 ]
@@ -75,7 +74,7 @@ train_dataloader = dict(
     batch_size=32,
     num_workers=2,
     dataset=dict(
-        type='DemoImageNet',  # mmpretrain's ImageNet; generates data/demo
+        type='beit_plugin.DemoImageNet',  # generates data/demo
         data_root='data/demo/imagenet',
         pipeline=train_pipeline))
 
@@ -90,11 +89,11 @@ optim_wrapper = dict(
         norm_decay_mult=0.,
         bias_decay_mult=0.,
         custom_keys={
+            'q_bias': dict(decay_mult=0.),
+            'v_bias': dict(decay_mult=0.),
+            'gamma_': dict(decay_mult=0.),
             'pos_embed': dict(decay_mult=0.),
             'cls_token': dict(decay_mult=0.),
-            'mask_token': dict(decay_mult=0.),
-            'gamma': dict(decay_mult=0.),
-            'relative_position_bias_table': dict(decay_mult=0.),
         }))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0,

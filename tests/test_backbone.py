@@ -1,4 +1,6 @@
 """The BEiT backbone on tiny configs."""
+from pathlib import Path
+
 import pytest
 import torch
 from scipy.interpolate import RectBivariateSpline
@@ -193,3 +195,22 @@ def test_arch_presets():
     model = BEiT(arch='small', img_size=32)
     assert model.embed_dims == 384 and len(model.blocks) == 12
     assert model.blocks[0].mlp.fc1.out_features == 1536
+
+
+def test_missing_pretrained_checkpoint_names_the_command(tmp_path,
+                                                         monkeypatch):
+    """A missing work_dirs checkpoint: a one-line error with the command
+    that writes it (run from the repository root, as the README does)."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    path = 'work_dirs/beit_pretrain/no_such_iter.pth'
+    model = BEiT(arch=TINY_ARCH, img_size=32, patch_size=8,
+                 init_cfg=dict(type='Pretrained', checkpoint=path))
+    with pytest.raises(FileNotFoundError) as error:
+        model.init_weights()
+    assert str(error.value) == (
+        f'init_cfg checkpoint {path} does not exist: it is written by '
+        '`python tools/train.py configs/beit_pretrain.py`')
+    other = BEiT(arch=TINY_ARCH, img_size=32, patch_size=8, init_cfg=dict(
+        type='Pretrained', checkpoint=str(tmp_path / 'x.pth')))
+    with pytest.raises(FileNotFoundError, match=r'x\.pth does not exist$'):
+        other.init_weights()

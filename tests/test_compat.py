@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 from mmengine.registry import DefaultScope
@@ -593,3 +594,26 @@ def test_train_and_test_tools_end_to_end(
     assert 0.0 <= metrics['accuracy'] <= 1.0
     with open(out, 'rb') as f:
         assert len(pickle.load(f)) == len(ToyDataset())
+
+
+# ---------------------------------------------------------------------------
+# 7. ``_scope_`` in an inherited collate_fn
+# ---------------------------------------------------------------------------
+
+
+def test_inherited_collate_fn_builds(tmp_path: Path) -> None:
+    """A dataloader from an ``mmpretrain::`` base carries
+    ``collate_fn=dict(type='default_collate', _scope_='mmpretrain')``."""
+    config = tmp_path / 'inherits.py'
+    config.write_text(
+        "_base_ = 'mmpretrain::_base_/datasets/imagenet_bs256_beitv2.py'\n"
+        "train_dataloader = dict(batch_size=2, num_workers=0,\n"
+        "    persistent_workers=False,\n"
+        "    dataset=dict(_delete_=True, type='compat_toys.ToyDataset'))\n")
+    cfg = Config.fromfile(config)
+    assert cfg.train_dataloader.collate_fn['_scope_'] == 'mmpretrain'
+    original = Runner.build_dataloader.__wrapped__
+    with pytest.raises(TypeError, match='_scope_'):
+        next(iter(original(copy.deepcopy(cfg.train_dataloader))))
+    batch = next(iter(Runner.build_dataloader(cfg.train_dataloader)))
+    assert batch['inputs'].shape == (2, 4)

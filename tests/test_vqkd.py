@@ -17,6 +17,7 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
 from beit_plugin.compat import safe_torch_load
+from beit_plugin.datasets.demo_data import make_demo_data
 from beit_plugin.engine.hooks import CodebookUsageHook
 from beit_plugin.models.backbones import BEiT
 from beit_plugin.models.tokenizers import (BackboneTeacher, HOGTeacher,
@@ -24,6 +25,7 @@ from beit_plugin.models.tokenizers import (BackboneTeacher, HOGTeacher,
 from beit_plugin.models.tokenizers import quantizer as quantizer_module
 from beit_plugin.registry import MODELS
 from conftest import TINY_ARCH
+from test_compat import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,6 +151,42 @@ def test_hog_teacher_orientations():
     hist = teacher(side, (2, 2))[0, 0].view(3, 9, 2, 2).sum(dim=(0, 2, 3))
     assert torch.allclose(hist[0], hist[8]) and hist[0] > 0
     assert torch.allclose(hist[1:8], hist[1].expand(7)) and hist[1] < 0
+
+
+def test_hog_teacher_colour_part_hand_computed():
+    """Colour levels 0, 1/3, 2/3, 1 (4 bins): a pixel of 0.5 splits half and
+    half between levels 1 and 2; the two unit parts are weighted so that
+    the whole descriptor has unit norm, and a flat patch keeps its colour
+    part (norm sqrt(colour_weight))."""
+    teacher = HOGTeacher(num_bins=9, cells_per_side=2, colour_bins=4,
+                         colour_weight=0.36)
+    assert teacher.out_channels == 108 + 12
+    img = torch.zeros(1, 3, 16, 16)
+    img[:, 0] = 0.5 * 255  # flat: red 0.5, green 0, blue 1
+    img[:, 2] = 255.
+    feats = teacher(img, (2, 2))[0]
+    assert torch.count_nonzero(feats[:, :108]) == 0
+    assert torch.allclose(feats.norm(dim=1), torch.full((4, ), 0.6))
+    flat = torch.zeros(3, 4)
+    flat[0, 1:3] = 0.5
+    flat[1, 0] = flat[2, 3] = 1.
+    flat = torch.nn.functional.normalize(flat.flatten(), dim=0)
+    assert torch.allclose(feats[:, 108:] / 0.6, flat.expand(4, 12),
+                          atol=1e-6)
+    img[:, 2, :4] = 0.  # blue 1 in half of the top patches only: an edge
+    feats = teacher(img, (2, 2))[0]
+    assert torch.allclose(feats[:2].norm(dim=1), torch.ones(2))
+    half = torch.zeros(3, 4)
+    half[0, 1:3] = 0.5
+    half[1, 0] = 1.
+    half[2, 0] = half[2, 3] = 0.5
+    half = torch.nn.functional.normalize(half.flatten(), dim=0)
+    assert torch.allclose(feats[:2, 108:] / 0.6, half.expand(2, 12),
+                          atol=1e-6)
+    with pytest.raises(ValueError, match='colour_bins'):
+        HOGTeacher(colour_bins=1)
+    with pytest.raises(ValueError, match='colour_weight'):
+        HOGTeacher(colour_bins=4, colour_weight=1.5)
 
 
 def test_hog_teacher_sees_pixels_through_the_input_norm():
@@ -363,3 +401,62 @@ def test_runner_logs_usage_and_resume_keeps_the_kmeans_codebook(
     resumed.train()
     assert calls == []  # the codebook came from the checkpoint
     assert resumed.iter == 4
+
+
+def test_export_tokenizer_keeps_the_model_weights(tmp_path):
+    """tools/export_tokenizer.py: runner checkpoint -> weights-only file."""
+    export = load_tool('export_tokenizer')
+    model = VQKDTokenizer(
+        encoder=dict(arch=TINY_ARCH, img_size=32, patch_size=8),
+        decoder=dict(arch=TINY_ARCH), target_dims=12, num_embed=16)
+    state = model.state_dict()
+    src = tmp_path / 'iter_10.pth'
+    torch.save(dict(meta=dict(iter=10), state_dict=state,
+                    optimizer=dict(state={}, param_groups=[])), src)
+    for encoder_only in (False, True):
+        dst = tmp_path / f'tok_{encoder_only}.pth'
+        export.main([str(src), str(dst)] +
+                    (['--encoder-only'] if encoder_only else []))
+        saved = torch.load(dst, weights_only=True)
+        assert list(saved) == ['state_dict']
+        kept = {k for k in state if not encoder_only or
+                not k.startswith(('decoder.', 'decode_task_layer.'))}
+        assert set(saved['state_dict']) == kept
+        assert any(k.startswith('decoder.') for k in state)
+        for key in kept:
+            assert torch.equal(saved['state_dict'][key], state[key])
+    target = VQKDTokenizer(
+        encoder=dict(arch=TINY_ARCH, img_size=32, patch_size=8),
+        num_embed=16)
+    target.load_state_dict(
+        torch.load(tmp_path / 'tok_True.pth',
+                   weights_only=True)['state_dict'])
+    with pytest.raises(KeyError, match='iter_10.pth.*state_dict'):
+        export.tokenizer_state_dict({'meta': {}}, source=str(src))
+
+
+def test_shipped_demo_tokenizer_loads_and_uses_its_codebook(tmp_path):
+    """checkpoints/vqkd_demo_hog.pth, the embedded default's targets: loads
+    through configs/beit_pretrain.py and spreads freshly generated demo
+    images over most of its 512 codes (a collapsed codebook fails)."""
+    root = Path(__file__).resolve().parents[1]
+    cfg = Config.fromfile(root / 'configs' / 'beit_pretrain.py')
+    tok_cfg = cfg.model.target_generator
+    tok_cfg.init_cfg.checkpoint = str(root / tok_cfg.init_cfg.checkpoint)
+    tokenizer = MODELS.build(tok_cfg)
+    tokenizer.init_weights()
+    saved = torch.load(tok_cfg.init_cfg.checkpoint, weights_only=True)
+    assert tokenizer.state_dict().keys() == saved['state_dict'].keys()
+    for key, value in saved['state_dict'].items():
+        assert torch.equal(tokenizer.state_dict()[key], value), key
+    data = make_demo_data(tmp_path, seed=7, cls_train=4, cls_val=160,
+                          seg_train=1, seg_val=1) / 'imagenet' / 'val'
+    images = np.stack([cv2.imread(str(f))[..., ::-1]
+                       for f in sorted(data.glob('*/*.JPEG'))])
+    inputs = (torch.from_numpy(images.copy()).permute(0, 3, 1, 2).float()
+              - 127.5) / 127.5
+    with torch.no_grad():
+        ids = tokenizer.get_codebook_indices(inputs)
+    assert ids.shape == (160, 64)
+    used = torch.bincount(ids.flatten(), minlength=512).gt(0).float().mean()
+    assert used > 0.9, f'only {used:.1%} of the codes used'

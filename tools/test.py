@@ -57,8 +57,12 @@ def enable_visualization(cfg: Config, show_dir: str) -> None:
     """Make the config's visualization hook save its drawings to ``show_dir``.
 
     Handles MMSegmentation's ``SegVisualizationHook`` (``draw``, images saved
-    under the visualizer's ``save_dir``) and MMPretrain's
-    ``VisualizationHook`` (``enable``, ``out_dir``).
+    under the visualizer's ``save_dir``, as ``<show_dir>/vis_data/vis_image/
+    test_<image>_0.png``) and MMPretrain's ``VisualizationHook`` (``enable``,
+    ``out_dir``). ``SegVisualizationHook`` draws only every ``interval``-th
+    batch (50 in MMSegmentation's runtime base); it is set to 1 so that every
+    prediction is saved (``--cfg-options default_hooks.visualization.
+    interval=N`` after it still wins).
     """
     hook: Optional[Dict] = cfg.default_hooks.get('visualization')
     if hook is None:
@@ -66,7 +70,13 @@ def enable_visualization(cfg: Config, show_dir: str) -> None:
             '--show-dir needs a `visualization` hook in `default_hooks`')
     if hook['type'].endswith('SegVisualizationHook'):
         hook['draw'] = True
+        hook['interval'] = 1
         cfg.visualizer['save_dir'] = show_dir
+        # MMSegmentation's base names it 'visualizer', and an instance of that
+        # name made earlier in this process (e.g. by a training run) would be
+        # reused with its own save_dir; unnamed, the Runner names it after
+        # its experiment.
+        cfg.visualizer.pop('name', None)
     else:
         hook['enable'] = True
         hook['out_dir'] = show_dir

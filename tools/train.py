@@ -130,6 +130,9 @@ def build_config(args: argparse.Namespace) -> Config:
         enable_auto_scale_lr(cfg)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    if (not torch.cuda.is_available()
+            and cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper'):
+        enable_amp(cfg)  # a GPU recipe on a CPU: bfloat16 instead of float16
     configure_cpu_distributed(cfg)
     return cfg
 

@@ -1,3 +1,3 @@
 import mmpretrain.engine  # noqa: F401  (fills the parent registries we fall back to)
 
-from . import hooks  # noqa: F401
+from . import hooks, optimizers  # noqa: F401

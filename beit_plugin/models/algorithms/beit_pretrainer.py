@@ -56,6 +56,32 @@ class BEiTPretrainer(BaseSelfSupervisor):
             init_cfg=init_cfg)
         self.target_generator.requires_grad_(False)
         self.target_generator.eval()
+        self._check_second_view_norm()
+
+    def _check_second_view_norm(self) -> None:
+        """Refuse a data preprocessor whose second normalisation is not the
+        one the tokenizer expects (e.g. a v2 preprocessor with DALL-E).
+
+        Raises:
+            ValueError: names both mean/std pairs.
+        """
+        norm = getattr(self.target_generator, 'input_norm', None)
+        mean = getattr(self.data_preprocessor, 'second_mean', None)
+        std = getattr(self.data_preprocessor, 'second_std', None)
+        if norm is None or mean is None or std is None:
+            return
+        given = (mean.flatten().tolist(), std.flatten().tolist())
+        wanted = (list(norm['mean']), list(norm['std']))
+        close = all(
+            torch.allclose(torch.tensor(g, dtype=torch.float64).expand(3),
+                           torch.tensor(w, dtype=torch.float64), rtol=1e-4)
+            for g, w in zip(given, wanted))
+        if not close:
+            raise ValueError(
+                f'data_preprocessor second_mean/second_std {given} do not '
+                f'match the input_norm mean/std {wanted} of the tokenizer '
+                f'{type(self.target_generator).__name__}: set them to the '
+                'tokenizer\'s values')
 
     def train(self, mode: bool = True) -> 'BEiTPretrainer':
         """Set training mode; the tokenizer always stays in eval mode."""

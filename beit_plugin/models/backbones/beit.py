@@ -1,6 +1,9 @@
 """The BEiT backbone shared by pretraining, classification and segmentation."""
 import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+import os.path as osp
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +58,31 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)
+
+
+def check_pretrained_exists(init_cfg: Union[Dict, List[Dict]]) -> None:
+    """Fail early, with the command that makes it, when a ``Pretrained``
+    ``init_cfg`` names a local file that does not exist.
+
+    Raises:
+        FileNotFoundError: naming the file; for ``work_dirs/<name>/...`` also
+            ``python tools/train.py configs/.../<name>.py`` when that config
+            exists under ``./configs``.
+    """
+    for cfg in init_cfg if isinstance(init_cfg, list) else [init_cfg]:
+        path = cfg.get('checkpoint') if cfg.get('type') == 'Pretrained' \
+            else None
+        if not isinstance(path, str) or '://' in path or osp.exists(path):
+            continue
+        message = f'init_cfg checkpoint {path} does not exist'
+        parts = Path(path).parts
+        if 'work_dirs' in parts[:-1]:
+            name = parts[parts.index('work_dirs') + 1]
+            configs = sorted(Path('configs').rglob(f'{name}.py'))
+            if configs:
+                message += (f': it is written by `python tools/train.py '
+                            f'{configs[0].as_posix()}`')
+        raise FileNotFoundError(message)
 
 
 @MODELS.register_module()
@@ -115,6 +143,9 @@ class BEiT(BaseBackbone):
     buffers are dropped, a shared relative position bias is expanded into the
     per-block tables when this model has those, and the absolute position
     embedding and relative position tables are resized to this model's grid.
+    A checkpoint of another width or depth is then refused with a
+    ``ValueError`` naming the first offending key (and both shapes), where a
+    non-strict load would only warn and leave the weights random.
     """
     arch_zoo = {
         **dict.fromkeys(['t', 'tiny'], dict(
@@ -257,8 +288,15 @@ class BEiT(BaseBackbone):
 
     def init_weights(self) -> None:
         """Load ``init_cfg`` (e.g. a pretrained checkpoint) if one is set;
-        without one, the constructor's initialisation stands."""
+        without one, the constructor's initialisation stands.
+
+        Raises:
+            FileNotFoundError: a ``Pretrained`` local checkpoint is missing;
+                the message names the file and, for ``work_dirs/<name>/...``,
+                the command that writes it.
+        """
         if self.init_cfg:
+            check_pretrained_exists(self.init_cfg)
             super().init_weights()
 
     def _frozen_modules(self):
@@ -394,3 +432,54 @@ class BEiT(BaseBackbone):
             if table.ndim == 2 and table.shape[0] != rows:
                 state_dict[key] = resize_relative_position_table(
                     table, self.patch_grid, infer_window(table.shape[0]))
+        self._check_compatible(state_dict, prefix)
+
+    def _check_compatible(self, state_dict: Dict, prefix: str) -> None:
+        """Refuse an (adapted) checkpoint of another width or depth.
+
+        ``load_state_dict(strict=False)``, which MMEngine's ``Pretrained``
+        init uses, only warns about size mismatches and missing keys and so
+        would leave such weights silently random. A state dict without any key
+        under ``prefix`` is not checked (a whole sub-module left out, e.g. the
+        decoder of an encoder-only tokenizer file). Keys of optional parts
+        that this model lacks or has (mask token, norms, position tables) are
+        left to the usual missing/unexpected-key warnings.
+
+        Raises:
+            ValueError: naming the first key (in this model's order) whose
+                checkpoint shape differs from the model's, with both shapes;
+                else the first key of a block the checkpoint lacks; else the
+                first key of a block this model does not have.
+        """
+        incoming = [k[len(prefix):] for k in state_dict
+                    if k.startswith(prefix)]
+        if not incoming:
+            return
+        own = self.state_dict()
+        for key, value in own.items():
+            theirs = state_dict.get(prefix + key)
+            if isinstance(theirs, torch.Tensor) and \
+                    theirs.shape != value.shape:
+                raise ValueError(
+                    f'{prefix}{key}: checkpoint shape {tuple(theirs.shape)} '
+                    f'vs model shape {tuple(value.shape)}')
+        # (per-block relative position tables may have been copied from a
+        # shared one above: they say nothing about the checkpoint's depth)
+        blocks = {int(k.split('.')[1]) for k in incoming
+                  if re.match(r'blocks\.\d+\.', k)
+                  and not k.endswith('relative_position_bias_table')}
+        if blocks:
+            for key in own:
+                match = re.match(r'blocks\.(\d+)\.', key)
+                if match and int(match.group(1)) not in blocks:
+                    raise ValueError(
+                        f'{prefix}{key}: missing from the checkpoint, which '
+                        f'has {len(blocks)} blocks (max index {max(blocks)}) '
+                        f'where the model has {self.num_layers}')
+            for key in incoming:
+                match = re.match(r'blocks\.(\d+)\.', key)
+                if match and int(match.group(1)) >= self.num_layers:
+                    raise ValueError(
+                        f'{prefix}{key}: unexpected, the checkpoint has '
+                        f'{max(blocks) + 1} blocks where the model has '
+                        f'{self.num_layers}')

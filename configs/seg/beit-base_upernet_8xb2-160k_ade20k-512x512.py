@@ -1,0 +1,30 @@
+# BEiT v1 base (self-supervised pretraining only) + UperNet, ADE20K 512x512,
+# 160k iterations, batch 16 (8 GPUs x 2).
+#
+# Source: microsoft/unilm beit/semantic_segmentation/configs/beit/upernet/
+# upernet_beit_base_12_512_slide_160k_ade20k_pt.py (BEiT paper, Table 3,
+# "BEiT" row): AdamW lr 7e-4, weight decay 0.05, layer decay 0.65, drop path
+# 0.1, layer scale 0.1, warmup 1500, poly, slide test 512 stride 341, fp16.
+_base_ = [
+    './_base_/upernet_beit-base.py',
+    'mmseg::_base_/datasets/ade20k.py',
+]
+crop_size = (512, 512)
+model = dict(
+    backbone=dict(
+        img_size=crop_size,
+        drop_path_rate=0.1,
+        layer_scale_init_value=0.1,
+        # the checkpoint of our BEiT v1 pretraining recipe (backbone.* keys);
+        # replace with any other BEiT-base pretraining checkpoint
+        init_cfg=dict(
+            checkpoint='work_dirs/beit_vit-base-p16_8xb256-amp-coslr-800e_in1k'
+            '/epoch_800.pth')),
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))
+optim_wrapper = dict(
+    optimizer=dict(lr=7e-4), paramwise_cfg=dict(layer_decay_rate=0.65))
+
+# By default, models are trained on 8 GPUs with 2 images per GPU
+train_dataloader = dict(batch_size=2)
+val_dataloader = dict(batch_size=1)
+test_dataloader = val_dataloader

@@ -1,0 +1,31 @@
+# BEiT v2 base + UperNet, ADE20K 512x512, 160k iterations, batch 16
+# (8 GPUs x 2).
+#
+# Source: microsoft/unilm beit2/semantic_segmentation/configs/beit/upernet/
+# upernet_beit_base_12_512_slide_160k_ade20k.py (BEiT v2 paper, ADE20K
+# results): AdamW lr 5e-5, weight decay 0.05, layer decay 0.75, drop path
+# 0.15, layer scale 0.1, warmup 1500, poly, slide test 512 stride 341, fp16.
+# Its `rel_pos_bias_interpolation_type=0` is the geometric resize of the
+# relative position tables that our backbone applies on loading.
+_base_ = [
+    './_base_/upernet_beit-base.py',
+    'mmseg::_base_/datasets/ade20k.py',
+]
+crop_size = (512, 512)
+model = dict(
+    backbone=dict(
+        img_size=crop_size,
+        drop_path_rate=0.15,
+        layer_scale_init_value=0.1,
+        # the checkpoint of our BEiT v2 pretraining recipe (backbone.* keys)
+        init_cfg=dict(
+            checkpoint='work_dirs/beitv2_vit-base-p16_8xb256-amp-coslr-1600e'
+            '_in1k/epoch_1600.pth')),
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))
+optim_wrapper = dict(
+    optimizer=dict(lr=5e-5), paramwise_cfg=dict(layer_decay_rate=0.75))
+
+# By default, models are trained on 8 GPUs with 2 images per GPU
+train_dataloader = dict(batch_size=2)
+val_dataloader = dict(batch_size=1)
+test_dataloader = val_dataloader

@@ -1,0 +1,215 @@
+"""Layer-wise learning-rate decay for BEiT fine-tuning (official rules)."""
+from typing import Dict
+
+import pytest
+import torch
+from mmengine.optim import OptimWrapper, build_optim_wrapper
+from mmengine.registry import DefaultScope
+from torch import nn
+
+import beit_plugin  # noqa: F401  (registers our scope)
+from beit_plugin.engine.optimizers import layer_decay_constructor
+from conftest import TINY_ARCH
+
+LR, WD, RATE, N = 1e-3, 0.05, 0.65, TINY_ARCH['num_layers']
+NAME = 'LayerDecayOptimWrapperConstructor'
+BACKBONE = dict(type='beit_plugin.BEiT', arch=TINY_ARCH, img_size=32,
+                patch_size=8)
+
+
+def classifier(**backbone) -> nn.Module:
+    from mmpretrain.registry import MODELS
+    backbone_cfg = dict(BACKBONE, out_type='avg_featmap',
+                        use_rel_pos_bias=True, use_shared_rel_pos_bias=False)
+    backbone_cfg.update(backbone)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        return MODELS.build(dict(
+            type='ImageClassifier', backbone=backbone_cfg,
+            head=dict(type='LinearClsHead', num_classes=4, in_channels=32)))
+
+
+def segmentor() -> nn.Module:
+    import mmseg.models  # noqa: F401  (importable thanks to beit_plugin)
+    from mmseg.registry import MODELS
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        return MODELS.build(dict(
+            type='EncoderDecoder',
+            data_preprocessor=dict(type='SegDataPreProcessor', size=(32, 32)),
+            backbone=dict(BACKBONE, out_indices=(0, 1), out_type='featmap',
+                          use_rel_pos_bias=True,
+                          use_shared_rel_pos_bias=False),
+            decode_head=dict(type='FCNHead', in_channels=32, in_index=1,
+                             channels=16, num_convs=1, num_classes=3,
+                             norm_cfg=dict(type='BN', requires_grad=True))))
+
+
+def build(model: nn.Module, scope: str = 'beit_plugin', name: str = NAME,
+          **paramwise) -> OptimWrapper:
+    cfg = dict(type='OptimWrapper',
+               optimizer=dict(type='AdamW', lr=LR, weight_decay=WD),
+               constructor=name,
+               paramwise_cfg=dict(dict(layer_decay_rate=RATE), **paramwise))
+    with DefaultScope.overwrite_default_scope(scope):
+        return build_optim_wrapper(model, cfg)
+
+
+def groups_by_name(model: nn.Module, wrapper: OptimWrapper) -> Dict[str, Dict]:
+    """The group of every trainable parameter, checking it is in exactly
+    one group and that no frozen parameter is in any."""
+    groups = wrapper.optimizer.param_groups
+    result = {}
+    for name, param in model.named_parameters():
+        owners = [g for g in groups if any(p is param for p in g['params'])]
+        assert len(owners) == (1 if param.requires_grad else 0), name
+        if owners:
+            result[name] = owners[0]
+    assert sum(len(g['params']) for g in groups) == len(result)
+    return result
+
+
+def assert_group(group: Dict, layer_id: int, decay: bool,
+                 num_layers: int = N) -> None:
+    scale = RATE**(num_layers + 1 - layer_id)
+    assert group['layer_id'] == layer_id
+    assert group['lr_scale'] == pytest.approx(scale)
+    assert group['lr'] == pytest.approx(LR * scale)
+    assert group['weight_decay'] == (WD if decay else 0.)
+
+
+CLASSIFIER_TABLE = [
+    ('backbone.cls_token', 0, False),
+    ('backbone.patch_embed.proj.weight', 0, True),
+    ('backbone.patch_embed.proj.bias', 0, False),
+    ('backbone.blocks.0.attn.qkv.weight', 1, True),
+    ('backbone.blocks.0.attn.q_bias', 1, False),
+    ('backbone.blocks.0.norm1.weight', 1, False),
+    ('backbone.blocks.1.gamma_2', 2, False),
+    ('backbone.blocks.1.attn.relative_position_bias_table', 2, False),
+    ('backbone.blocks.1.mlp.fc2.weight', 2, True),
+    ('backbone.norm.weight', 3, False),
+    ('backbone.fc_norm.weight', 3, False),
+    ('head.fc.weight', 3, True),
+    ('head.fc.bias', 3, False),
+]
+
+
+@pytest.mark.parametrize('scope,name', [
+    ('beit_plugin', NAME), ('mmpretrain', f'beit_plugin.{NAME}')])
+def test_classifier_lr_and_decay_per_parameter(scope, name):
+    model = classifier()
+    groups = groups_by_name(model, build(model, scope, name))
+    for param_name, layer_id, decay in CLASSIFIER_TABLE:
+        assert_group(groups[param_name], layer_id, decay)
+    # grouped by (layer, decay): 4 layers x {decay, no decay}
+    assert len({id(g) for g in groups.values()}) == 2 * (N + 2)
+
+
+def test_shared_relative_position_bias_is_layer_zero():
+    model = classifier(use_rel_pos_bias=False, use_shared_rel_pos_bias=True)
+    groups = groups_by_name(model, build(model))
+    assert_group(groups['backbone.rel_pos_bias.relative_position_bias_table'],
+                 0, decay=False)
+
+
+def test_segmentor_backbone_blocks_and_decode_head():
+    model = segmentor()
+    groups = groups_by_name(model, build(model))
+    assert_group(groups['backbone.cls_token'], 0, decay=False)
+    for name, group in groups.items():
+        if name.startswith('backbone.blocks.1.'):
+            assert group['layer_id'] == 2, name
+        if name.startswith('decode_head.'):
+            assert group['layer_id'] == N + 1, name
+            assert group['lr_scale'] == 1 and group['lr'] == LR, name
+    assert_group(groups['decode_head.conv_seg.weight'], N + 1, decay=True)
+    assert_group(groups['decode_head.convs.0.bn.weight'], N + 1, decay=False)
+
+
+def test_frozen_parameters_are_skipped_silently(monkeypatch):
+    logs = []
+    monkeypatch.setattr(layer_decay_constructor, 'print_log',
+                        lambda msg, **kwargs: logs.append(msg))
+    model = classifier(frozen_stages=1)  # embeddings and blocks.0
+    groups = groups_by_name(model, build(model))
+    assert not any(name.startswith(('backbone.blocks.0.', 'backbone.patch_'))
+                   or name == 'backbone.cls_token' for name in groups)
+    assert {g['layer_id'] for g in groups.values()} == {2, 3}
+    assert logs == ['Layer-wise lr decay: 2 layers, rate 0.65, '
+                    '4 parameter groups']
+
+
+def test_explicit_num_layers_overrides_inference():
+    model = classifier()
+    groups = groups_by_name(model, build(model, num_layers=4))
+    assert_group(groups['backbone.cls_token'], 0, False, num_layers=4)
+    assert_group(groups['backbone.blocks.0.attn.qkv.weight'], 1, True,
+                 num_layers=4)
+    assert_group(groups['head.fc.weight'], 5, True, num_layers=4)
+
+
+def test_bare_backbone_is_its_own_prefix():
+    from beit_plugin.models.backbones import BEiT
+    model = BEiT(arch=TINY_ARCH, img_size=32, patch_size=8)
+    groups = groups_by_name(model, build(model))
+    assert_group(groups['cls_token'], 0, decay=False)
+    assert_group(groups['blocks.1.attn.qkv.weight'], 2, decay=True)
+    assert_group(groups['norm.weight'], N + 1, decay=False)
+
+
+def test_num_layers_below_the_block_count_is_refused():
+    with pytest.raises(ValueError, match=r'blocks\.1\..* num_layers=1'):
+        build(classifier(), num_layers=1)
+
+
+def test_without_beit_num_layers_is_required():
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match='no beit_plugin BEiT.*num_layers'):
+        build(model)
+
+
+def test_without_beit_the_model_names_are_backbone_names():
+    model = nn.Module()  # e.g. a BEiT from another library, same names
+    model.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+    model.blocks = nn.ModuleList([nn.Linear(4, 4)])
+    model.head = nn.Linear(4, 2)
+    groups = groups_by_name(model, build(model, num_layers=1))
+    assert_group(groups['cls_token'], 0, False, num_layers=1)
+    assert_group(groups['blocks.0.weight'], 1, True, num_layers=1)
+    assert_group(groups['head.weight'], 2, True, num_layers=1)
+
+
+def test_custom_keys_multiply_on_top():
+    model = classifier()
+    groups = groups_by_name(model, build(
+        model, custom_keys={'head': dict(lr_mult=10., decay_mult=0.5)}))
+    assert groups['head.fc.weight']['lr'] == pytest.approx(LR * 10)
+    assert groups['head.fc.weight']['weight_decay'] == pytest.approx(WD / 2)
+    assert groups['head.fc.bias']['weight_decay'] == 0.
+    assert_group(groups['backbone.fc_norm.weight'], N + 1, decay=False)
+
+
+@pytest.mark.parametrize('paramwise,match', [
+    (dict(norm_decay_mult=0.), 'norm_decay_mult'),
+    (dict(custom_keys={'head': dict(momentum=0.5)}), 'momentum'),
+])
+def test_unsupported_options_are_refused(paramwise, match):
+    with pytest.raises(ValueError, match=match):
+        build(classifier(), **paramwise)
+
+
+def test_one_adamw_step_uses_the_group_lrs():
+    model = classifier()
+    wrapper = build(model)
+    params = dict(model.named_parameters())
+    watched = ['backbone.cls_token', 'backbone.blocks.0.attn.q_bias',
+               'head.fc.bias']
+    before = {name: params[name].detach().clone() for name in watched}
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    wrapper.step()
+    # First AdamW step with unit gradients and no decay: p -= lr.
+    for name, layer_id in zip(watched, (0, 1, N + 1)):
+        moved = before[name] - params[name].detach()
+        expected = LR * RATE**(N + 1 - layer_id)
+        assert torch.allclose(moved, torch.full_like(moved, expected),
+                              rtol=1e-5), name
