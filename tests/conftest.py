@@ -1,4 +1,5 @@
 import os
+from typing import Optional
 
 import pytest
 import torch
@@ -13,3 +14,19 @@ def _seed():
 
 TINY_ARCH = dict(embed_dims=32, num_layers=2, num_heads=2,
                  feedforward_channels=64)
+
+
+def few_iterations(cfg, max_iters: int, checkpoint_interval: int,
+                   val_interval: Optional[int] = None) -> None:
+    """Turn a recipe config into a run of ``max_iters`` iterations: an
+    iteration-based loop, a short warmup, a log line and ``vis_data`` entry
+    every iteration, checkpoints every ``checkpoint_interval``."""
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
+    if val_interval is not None:
+        cfg.train_cfg['val_interval'] = val_interval
+    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.5,
+                                by_epoch=False, begin=0, end=2)]
+    cfg.default_hooks.checkpoint = dict(
+        type='CheckpointHook', interval=checkpoint_interval, by_epoch=False)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
+    cfg.log_processor = dict(by_epoch=False)

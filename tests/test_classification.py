@@ -18,7 +18,7 @@ from beit_plugin.datasets.demo_data import make_demo_data
 from beit_plugin.models.backbones import BEiT
 from beit_plugin.models.necks import FeatureBatchNorm
 from beit_plugin.registry import MODELS
-from conftest import TINY_ARCH
+from conftest import TINY_ARCH, few_iterations
 from test_compat import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,14 +133,7 @@ def tiny_recipe(kind: str, tmp: Path, data_root: Path,
             classes=str(data_root / 'meta' / 'classes.txt'),
             pipeline=shrink_pipeline(loader.dataset.pipeline))
     cfg.test_dataloader = cfg.val_dataloader
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=3,
-                         val_interval=3)
-    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.5,
-                                by_epoch=False, begin=0, end=2)]
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=3,
-                                        by_epoch=False)
-    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
-    cfg.log_processor = dict(by_epoch=False)
+    few_iterations(cfg, max_iters=3, checkpoint_interval=3, val_interval=3)
     path = tmp / f'tiny_{kind}.py'
     cfg.dump(path)
     return path

@@ -8,7 +8,6 @@ tools/dist_train.sh with two gloo ranks.
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +23,8 @@ from mmengine.runner import Runner
 from beit_plugin.datasets.demo_data import make_demo_data
 from beit_plugin.models.tokenizers import DALLEEncoder, VQKDTokenizer
 from beit_plugin.registry import MODELS
-from conftest import TINY_ARCH
-from test_compat import load_tool
+from conftest import TINY_ARCH, few_iterations
+from test_compat import free_port, load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / 'tests'
@@ -98,13 +97,7 @@ def tiny_recipe(version: str, tmp: Path, data_root: Path) -> Path:
         type='ImageNet', data_root=str(data_root), split='train',
         ann_file='', data_prefix='', pipeline=pipeline,
         classes=str(data_root / 'meta' / 'classes.txt'))
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=4)
-    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.5,
-                                by_epoch=False, begin=0, end=2)]
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=2,
-                                        by_epoch=False)
-    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
-    cfg.log_processor = dict(by_epoch=False)
+    few_iterations(cfg, max_iters=4, checkpoint_interval=2)
     path = tmp / f'tiny_{version}.py'
     cfg.dump(path)
     return path
@@ -241,12 +234,6 @@ def test_pretrained_checkpoint_loads_into_cls_and_seg_backbones(trained):
             assert table.shape == (side * side + 3, shared.shape[1])
         out = backbone(torch.randn(1, 3, size, size))
         assert all(torch.isfinite(o).all() for o in out)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 DIST_CONFIG = """

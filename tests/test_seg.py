@@ -5,7 +5,6 @@ the SyncBN fix for distributed training on the CPU (beit_plugin.compat 8).
 Everything runs on tiny models and tiny generated data sets.
 """
 import copy
-import socket
 import types
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from beit_plugin.models.backbones import BEiT
 from beit_plugin.models.backbones.relative_position import \
     num_relative_distances
 from conftest import TINY_ARCH
-from test_compat import load_tool
+from test_compat import free_port, load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 SEG_CONFIGS = sorted((ROOT / 'configs' / 'seg').glob('*.py'))
@@ -333,12 +332,6 @@ def test_train_one_iteration_then_test_with_show_dir(
 # ---------------------------------------------------------------------------
 # 8. SyncBN under distributed training on the CPU
 # ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -25,6 +25,36 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
+def soft_bins(position: torch.Tensor, weight: torch.Tensor, num_bins: int,
+              circular: bool) -> torch.Tensor:
+    """Soft-assign every pixel's ``weight`` to the two bins nearest its
+    fractional bin ``position`` (linear interpolation).
+
+    Args:
+        position: ``(B, C, H, W)`` positions in bin units.
+        weight: ``(B, C, H, W)`` the amount each pixel adds.
+        num_bins: ``K``.
+        circular: bins wrap around (orientations); otherwise positions must
+            lie in ``[0, K - 1]`` (levels).
+
+    Returns:
+        ``(B, C, K, H, W)`` per-pixel histograms.
+    """
+    lower = position.floor()
+    if not circular:
+        lower = lower.clamp(max=num_bins - 2)
+    upper_weight = position - lower
+    lower = lower.long() % num_bins
+    upper = (lower + 1) % num_bins
+    batch, channels, height, width = position.shape
+    hist = weight.new_zeros(batch, channels, num_bins, height, width)
+    hist.scatter_add_(2, lower.unsqueeze(2),
+                      (weight * (1 - upper_weight)).unsqueeze(2))
+    hist.scatter_add_(2, upper.unsqueeze(2),
+                      (weight * upper_weight).unsqueeze(2))
+    return hist
+
+
 class Teacher(nn.Module):
     """Base class: frozen, always in eval mode, with the affine map from the
     tokenizer's normalisation to the teacher's own.
@@ -140,16 +170,8 @@ class HOGTeacher(Teacher):
         grad_y = padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]
         magnitude = torch.hypot(grad_x, grad_y)
         angle = torch.atan2(grad_y, grad_x) % math.pi
-        position = angle * (self.num_bins / math.pi) - 0.5
-        lower = torch.floor(position)
-        upper_weight = position - lower
-        lower = lower.long() % self.num_bins
-        upper = (lower + 1) % self.num_bins
-        hist = x.new_zeros(batch, channels, self.num_bins, height, width)
-        hist.scatter_add_(2, lower.unsqueeze(2),
-                          (magnitude * (1 - upper_weight)).unsqueeze(2))
-        hist.scatter_add_(2, upper.unsqueeze(2),
-                          (magnitude * upper_weight).unsqueeze(2))
+        hist = soft_bins(angle * (self.num_bins / math.pi) - 0.5, magnitude,
+                         self.num_bins, circular=True)
         hist = F.avg_pool2d(hist.flatten(1, 2), height // cells[0])
         hist = hist.view(batch, channels, self.num_bins, *cells)
         hist = hist - hist.mean(dim=2, keepdim=True)
@@ -168,14 +190,8 @@ class HOGTeacher(Teacher):
         """``(B, 3, H, W)`` pixels in [0, 1] -> ``(B, N, 3 * colour_bins)``
         unit per-patch colour distributions (channel-major)."""
         batch, channels, height, width = x.shape
-        position = x.clamp(0, 1) * (self.colour_bins - 1)
-        lower = position.floor().clamp(max=self.colour_bins - 2)
-        upper_weight = position - lower
-        lower = lower.long()
-        hist = x.new_zeros(batch, channels, self.colour_bins, height, width)
-        hist.scatter_add_(2, lower.unsqueeze(2), (1 - upper_weight).unsqueeze(2))
-        hist.scatter_add_(2, (lower + 1).unsqueeze(2),
-                          upper_weight.unsqueeze(2))
+        hist = soft_bins(x.clamp(0, 1) * (self.colour_bins - 1),
+                         torch.ones_like(x), self.colour_bins, circular=False)
         hist = F.avg_pool2d(hist.flatten(1, 2), height // grid[0])
         hist = hist.view(batch, channels * self.colour_bins, -1)
         return l2norm(hist.transpose(1, 2))
