@@ -309,7 +309,7 @@ RECIPE_VALUES = {
     'finetune/beitv2_vit-large-p16_8xb128-coslr-50e_in1k.py':
     dict(arch='large', lr=5e-4, decay=0.8, drop_path=0.2, epochs=50,
          warmup=5),
-    'finetune/beit_demo_finetune.py': dict(decay=0.65),
+    'finetune/beit_demo_finetune.py': dict(decay=0.75),
     'linear_probe/beit_vit-base-p16_8xb128-linear-coslr-100e_in1k.py':
     dict(arch='base', lr=4e-3, frozen=12, epochs=100),
     'linear_probe/beitv2_vit-base-p16_8xb128-linear-coslr-100e_in1k.py':

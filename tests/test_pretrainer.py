@@ -70,3 +70,68 @@ def test_tokenizer_grid_mismatch_is_reported():
     inputs[1] = torch.randn(4, 3, 64, 64)  # tokenizer sees an 8x8 grid
     with pytest.raises(ValueError, match=r'\(4, 64\).*\(4, 16\)'):
         model.loss(inputs, samples)
+
+
+def build_pixel(v2: bool) -> BEiTPretrainer:
+    return BEiTPretrainer(
+        backbone=dict(type='BEiT', arch=ARCH, img_size=32, patch_size=8,
+                      use_mask_token=True, final_norm=not v2,
+                      out_indices=(1, -1) if v2 else -1),
+        neck=dict(type='BEiTV2PatchAggregation', embed_dims=32, num_heads=2,
+                  feedforward_channels=64, early_layers=2,
+                  backbone_layers=3) if v2 else None,
+        head=dict(type='PixelRegressionHead', in_channels=32,
+                  out_channels=8 * 8 * 3),
+        target_generator=dict(type='PatchPixels', patch_size=8))
+
+
+def test_patch_pixels_are_patches_standardised_one_by_one():
+    from beit_plugin.models.targets import PatchPixels
+    image = torch.randn(2, 3, 16, 24) * 5 + 3
+    target = PatchPixels(patch_size=8)(image)
+    assert target.shape == (2, 6, 192)
+    # patch (row 1, column 2) of image 1, pixel-major with RGB innermost
+    patch = image[1, :, 8:16, 16:24].permute(1, 2, 0).reshape(-1)
+    expected = (patch - patch.mean()) / (patch.var() + 1e-6).sqrt()
+    torch.testing.assert_close(target[1, 5], expected)
+    raw = PatchPixels(patch_size=8, normalize=False)(image)
+    torch.testing.assert_close(raw[1, 5], patch)
+    with pytest.raises(ValueError, match='20 x 24 px.*8 px'):
+        PatchPixels(patch_size=8)(torch.randn(1, 3, 20, 24))
+
+
+@pytest.mark.parametrize('v2', [False, True])
+def test_pixel_regression_learns_masked_patches_only(v2):
+    torch.manual_seed(0)
+    model = build_pixel(v2)
+    _, samples = batch()
+    # every image repeats one random patch: masked pixels are predictable
+    # from the visible ones
+    images = torch.randn(4, 3, 8, 8).repeat(1, 1, 4, 4)
+    inputs = [images, images.clone()]
+    seen = []
+    model.head.reg_head.register_forward_hook(
+        lambda m, args, out: seen.append(args[0].shape[0]))
+    losses = model.loss(inputs, samples)
+    assert set(losses) == ({'loss_mim', 'loss_mim_1'} if v2 else
+                           {'loss_mim'})
+    assert all(count == 4 * 4 for count in seen)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(80):
+        total = sum(model.loss(inputs, samples).values())
+        first = first if first is not None else total.item()
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    assert total.item() < 0.5 * first
+    # the loss is the MSE of the masked patches' standardised pixels
+    target = model.target_generator(inputs[1])
+    mask = torch.stack([s.mask for s in samples]).flatten(1)
+    assert target.shape == (4, 16, 192)
+    if not v2:
+        with torch.no_grad():
+            feats = model.backbone(inputs[0], mask)[-1][:, 1:]
+            torch.testing.assert_close(
+                model.loss(inputs, samples)['loss_mim'],
+                ((model.head(feats, mask) - target[mask])**2).mean())

@@ -3,7 +3,7 @@
 # first use under data/demo), on the CPU in a few minutes:
 #
 #   python tools/train.py configs/finetune/beit_demo_finetune.py
-#   python tools/test.py configs/finetune/beit_demo_finetune.py work_dirs/beit_demo_finetune/iter_175.pth
+#   python tools/test.py configs/finetune/beit_demo_finetune.py work_dirs/beit_demo_finetune/iter_600.pth
 #
 # It starts from work_dirs/beit_pretrain/iter_1500.pth, which
 # `python tools/train.py configs/beit_pretrain.py` writes. The same recipe
@@ -12,10 +12,12 @@
 #   python tools/train.py configs/finetune/beit_demo_finetune.py --cfg-options model.backbone.init_cfg=None --work-dir work_dirs/beit_demo_finetune_scratch
 #
 # The BEiT v2 ViT-B recipe, shrunk: the demo pretraining's backbone (6 blocks
-# of width 192, 64 px images, 8 px patches), batch 64, AdamW lr 5e-4 with
-# layer-wise decay 0.65, drop path 0.1, label smoothing 0.1, linear warmup
-# then cosine, iteration-based (175 iterations = 7 epochs) with validation
-# every 25 iterations (one epoch). Changes for the small data: no mixup /
+# of width 192, 64 px images, 8 px patches), batch 64, AdamW, drop path 0.1,
+# label smoothing 0.1, linear warmup then cosine, iteration-based (600
+# iterations = 24 epochs) with validation every 100 iterations. Changes for
+# the small model and data: lr 1e-3 with layer-wise decay 0.75 (a 6-block
+# model; with ViT-B's 5e-4 / 0.65 over 175 iterations neither the pretrained
+# nor the scratch model moved off chance: train loss 2.08 -> 2.05); no mixup /
 # cutmix, RandAugment or random erasing (on 1600 images and a few hundred
 # iterations they slow learning far more than they regularise) and a milder
 # crop (scale 0.35-1, so that the one shape in the image mostly stays in).
@@ -26,9 +28,9 @@ demo_arch = dict(embed_dims=192, num_layers=6, num_heads=6,
             feedforward_channels=768)
 num_classes = 8
 img_size = 64
-max_iters = 175
-warmup_iters = 25
-val_interval = 25
+max_iters = 600
+warmup_iters = 50
+val_interval = 100
 
 data_preprocessor = dict(num_classes=num_classes)
 model = dict(
@@ -39,6 +41,8 @@ model = dict(
         init_cfg=dict(checkpoint=pretrained)),
     head=dict(num_classes=num_classes, in_channels=demo_arch['embed_dims']),
     train_cfg=dict(_delete_=True))
+optim_wrapper = dict(optimizer=dict(lr=1e-3),
+                     paramwise_cfg=dict(layer_decay_rate=0.75))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -75,8 +79,8 @@ param_scheduler = [
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop',
                  max_iters=max_iters, val_interval=val_interval)
 default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=25),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100,
+    logger=dict(type='LoggerHook', interval=50),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters,
                     max_keep_ckpts=1, save_last=True, save_best='auto'))
 log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(enable=False)

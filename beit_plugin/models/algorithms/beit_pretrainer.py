@@ -28,12 +28,16 @@ class BEiTPretrainer(BaseSelfSupervisor):
     ``neck`` (BEiT v2's patch aggregation) the backbone returns an early and
     the last layer, and the aggregation branch adds its own loss term.
 
+    BEiT's pixel-regression ablation swaps the tokenizer for
+    :class:`~beit_plugin.models.targets.PatchPixels` (per-patch normalised
+    pixels, ``(B, N, D)``) and the head for ``PixelRegressionHead``.
+
     Args:
         backbone (dict): our ``BEiT`` with ``use_mask_token=True``.
-        head (dict): ``BEiTMIMHead``.
+        head (dict): ``BEiTMIMHead`` (``PixelRegressionHead`` with pixels).
         target_generator (dict): a tokenizer with ``get_codebook_indices``
             (VQ-KD for v2, DALL-E / dVAE for v1), loaded from its own
-            ``init_cfg`` and kept frozen.
+            ``init_cfg`` and kept frozen; or ``PatchPixels``.
         neck (dict, optional): ``BEiTV2PatchAggregation`` for v2.
         data_preprocessor (dict, optional): e.g. MMPretrain's
             ``TwoNormDataPreprocessor`` (view 2 normalised for the tokenizer).
@@ -107,12 +111,13 @@ class BEiTPretrainer(BaseSelfSupervisor):
         mask = torch.stack([
             torch.as_tensor(sample.mask) for sample in data_samples
         ]).to(images.device).flatten(1).bool()
+        make_target = getattr(self.target_generator, 'get_codebook_indices',
+                              self.target_generator)
         with torch.no_grad():
-            target = self.target_generator.get_codebook_indices(
-                target_images)
-        if target.shape != mask.shape:
+            target = make_target(target_images)
+        if target.shape[:2] != mask.shape:
             raise ValueError(
-                f'tokenizer ids of shape {tuple(target.shape)} do not match '
+                f'targets of shape {tuple(target.shape)} do not match '
                 f'the mask of shape {tuple(mask.shape)}: the tokenizer must '
                 'see the same patch grid as the backbone (check the second '
                 'view size and the mask input_size)')

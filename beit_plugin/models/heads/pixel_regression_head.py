@@ -1,0 +1,69 @@
+"""The MIM head of BEiT's pixel-regression ablation."""
+from typing import Dict, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from torch import nn
+
+from beit_plugin.registry import MODELS
+
+Features = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+@MODELS.register_module()
+class PixelRegressionHead(BaseModule):
+    """Linear map from patch features to the patch's (normalised) pixels,
+    trained with the mean squared error at masked patches only: the
+    drop-in replacement of :class:`BEiTMIMHead` when the target generator is
+    :class:`~beit_plugin.models.targets.PatchPixels`.
+
+    Args:
+        in_channels (int): feature channels ``C``.
+        out_channels (int): values per patch, ``patch_size ** 2 * 3``.
+        init_cfg (dict, optional): MMEngine initialisation config.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 init_cfg: dict = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.out_channels = out_channels
+        self.reg_head = nn.Linear(in_channels, out_channels)
+        trunc_normal_(self.reg_head.weight, std=.02)
+        nn.init.zeros_(self.reg_head.bias)
+
+    def forward(self, feats: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        """Predictions ``(M, out_channels)`` for the ``M`` masked patches of
+        ``feats`` ``(B, N, C)`` under ``mask`` ``(B, N)`` bool."""
+        return self.reg_head(feats[mask])
+
+    def loss(self, feats: Features, target: torch.Tensor,
+             mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Mean squared error at masked patches.
+
+        Args:
+            feats: patch features ``(B, N, C)`` (no CLS), or a sequence of
+                them (BEiT v2's patch aggregation); each adds a loss term.
+            target: ``(B, N, out_channels)`` pixels.
+            mask: ``(B, N)`` bool, True = masked.
+
+        Returns:
+            ``loss_mim`` (``loss_mim_<i>`` for each further branch).
+
+        Raises:
+            ValueError: if the target's last size is not ``out_channels``.
+        """
+        if target.shape[-1] != self.out_channels:
+            raise ValueError(
+                f'pixel target of shape {tuple(target.shape)} does not have '
+                f'out_channels={self.out_channels} values per patch')
+        if isinstance(feats, torch.Tensor):
+            feats = [feats]
+        expected = target[mask].float()
+        return {
+            'loss_mim' if i == 0 else f'loss_mim_{i}':
+            F.mse_loss(self(branch, mask).float(), expected)
+            for i, branch in enumerate(feats)
+        }
