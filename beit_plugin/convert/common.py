@@ -116,19 +116,14 @@ def drop_index_buffers(state_dict: StateDict) -> StateDict:
 
 def _as_loaded(state_dict: StateDict, model: nn.Module) -> StateDict:
     """``state_dict`` as ``model.load_state_dict`` would see it after the
-    model's own load-time adaptations (its ``load_state_dict`` pre-hooks:
-    index buffers dropped, a shared relative position bias expanded per
-    block, position tables resized, DALL-E ``.w``/``.b`` renamed ...)."""
+    model's own load-time adaptations: every sub-module's
+    ``adapt_state_dict`` (index buffers dropped, a shared relative position
+    bias expanded per block, position tables resized, DALL-E ``.w``/``.b``
+    renamed ...)."""
     adapted = dict(state_dict)
     for name, module in model.named_modules():
-        prefix = f'{name}.' if name else ''
-        for hook in module._load_state_dict_pre_hooks.values():
-            try:
-                hook(adapted, prefix, {}, False, [], [], [])
-            except ValueError:
-                # BEiT's first-mismatch check, raised after adapting: the
-                # comparison in validate_state_dict lists every mismatch
-                pass
+        if hasattr(module, 'adapt_state_dict'):
+            module.adapt_state_dict(adapted, f'{name}.' if name else '')
     return adapted
 
 

@@ -234,7 +234,7 @@ class BEiT(BaseBackbone):
             if out_type == 'avg_featmap' else None
 
         self._init_parameters()
-        self._register_load_state_dict_pre_hook(self._adapt_state_dict)
+        self._register_load_state_dict_pre_hook(self._load_hook)
         if frozen_stages > 0:
             self._freeze_stages()
 
@@ -404,10 +404,20 @@ class BEiT(BaseBackbone):
             return patches.transpose(1, 2).reshape(x.shape[0], -1, *grid)
         return self.fc_norm(patches.mean(dim=1))
 
-    def _adapt_state_dict(self, state_dict: Dict, prefix: str, *args,
-                          **kwargs) -> None:
-        """Pre-hook of ``load_state_dict``: adapt a checkpoint in place (see
-        the class docstring)."""
+    def _load_hook(self, state_dict: Dict, prefix: str, *args,
+                   **kwargs) -> None:
+        """Pre-hook of ``load_state_dict``: adapt the checkpoint, then refuse
+        one of another width or depth."""
+        self.adapt_state_dict(state_dict, prefix)
+        self._check_compatible(state_dict, prefix)
+
+    def adapt_state_dict(self, state_dict: Dict, prefix: str = '',
+                         *args, **kwargs) -> None:
+        """Adapt the checkpoint entries under ``prefix`` in place to this
+        model (see the class docstring): index buffers dropped, a shared
+        relative position bias expanded per block, position tables
+        resized. Loading does this itself; converters call it to see a
+        checkpoint as loading will."""
         for key in [k for k in state_dict if k.startswith(prefix)
                     and k.endswith('relative_position_index')]:
             del state_dict[key]
@@ -432,7 +442,6 @@ class BEiT(BaseBackbone):
             if table.ndim == 2 and table.shape[0] != rows:
                 state_dict[key] = resize_relative_position_table(
                     table, self.patch_grid, infer_window(table.shape[0]))
-        self._check_compatible(state_dict, prefix)
 
     def _check_compatible(self, state_dict: Dict, prefix: str) -> None:
         """Refuse an (adapted) checkpoint of another width or depth.

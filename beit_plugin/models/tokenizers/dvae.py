@@ -292,7 +292,7 @@ class DALLEEncoder(Tokenizer):
                               ('conv', _dalle_conv(width, vocab_size, 1))])
         layers.append(('output', nn.Sequential(output)))
         self.blocks = nn.Sequential(OrderedDict(layers))
-        self._register_load_state_dict_pre_hook(self._adapt_state_dict)
+        self._register_load_state_dict_pre_hook(self.adapt_state_dict)
         self._built()
 
     def get_logits(self, img: torch.Tensor) -> torch.Tensor:
@@ -306,8 +306,8 @@ class DALLEEncoder(Tokenizer):
         return self.get_logits(img).argmax(1).flatten(1)
 
     @staticmethod
-    def _adapt_state_dict(state_dict: Dict, prefix: str, *args,
-                          **kwargs) -> None:
+    def adapt_state_dict(state_dict: Dict, prefix: str, *args,
+                         **kwargs) -> None:
         """Pre-hook of ``load_state_dict``: OpenAI's ``.w`` / ``.b``
         parameter names become ``.weight`` / ``.bias``."""
         names = {'.w': '.weight', '.b': '.bias'}

@@ -151,7 +151,7 @@ class NormEMAVectorQuantizer(nn.Module):
         self.embedding = EMACodebook(num_embed, embed_dims, kmeans_init)
         self.register_buffer('last_counts', torch.zeros(num_embed),
                              persistent=False)
-        self._register_load_state_dict_pre_hook(self._adapt_state_dict)
+        self._register_load_state_dict_pre_hook(self.adapt_state_dict)
 
     def get_indices(self, z: torch.Tensor) -> torch.Tensor:
         """Indices of the nearest codes (by cosine), no state change.
@@ -249,8 +249,8 @@ class NormEMAVectorQuantizer(nn.Module):
         book.cluster_size[dead] = 2 * floor
         book.embed_avg[dead] = seeds * 2 * floor
 
-    def _adapt_state_dict(self, state_dict: dict, prefix: str, *args,
-                          **kwargs) -> None:
+    def adapt_state_dict(self, state_dict: dict, prefix: str, *args,
+                         **kwargs) -> None:
         """Pre-hook of ``load_state_dict`` for official / MMPretrain
         checkpoints: their usage statistic ``cluster_size`` (next to
         ``embedding``) becomes ``embedding.cluster_size``, and

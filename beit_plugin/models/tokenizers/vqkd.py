@@ -127,7 +127,7 @@ class VQKDTokenizer(Tokenizer):
                     trunc_normal_(module.weight, std=.02)
                     nn.init.zeros_(module.bias)
         self._register_state_dict_hook(self._drop_teacher)
-        self._register_load_state_dict_pre_hook(self._keep_teacher)
+        self._register_load_state_dict_pre_hook(self.adapt_state_dict)
         self._built()
 
     def encode(self, img: torch.Tensor
@@ -191,8 +191,8 @@ class VQKDTokenizer(Tokenizer):
         for key in [k for k in state_dict if k.startswith(teacher)]:
             del state_dict[key]
 
-    def _keep_teacher(self, state_dict: Dict, prefix: str, *args,
-                      **kwargs) -> None:
+    def adapt_state_dict(self, state_dict: Dict, prefix: str, *args,
+                         **kwargs) -> None:
         """``load_state_dict`` pre-hook: a checkpoint without the teacher
         keeps the teacher as loaded from its own checkpoint."""
         if self.teacher is None:
