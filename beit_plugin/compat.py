@@ -55,6 +55,7 @@ is idempotent), before any upstream model, dataset or runner is built:
    its own batch), and a ``sync_bn`` of the config is ignored, with a
    warning. With CUDA nothing changes.
 """
+import argparse
 import copy
 import functools
 import importlib.machinery
@@ -232,14 +233,18 @@ def checkpoint_safe_globals() -> List[Union[Callable, tuple]]:
     checkpoint saved by ``Runner``: ``HistoryBuffer`` and numpy's array,
     scalar and dtype reconstruction (from ``message_hub``), plus
     ``builtins.getattr`` (from ``HistoryBuffer``), which is replaced by the
-    restricted :func:`_history_buffer_statistic`. All of them only rebuild
-    data; none can call arbitrary code.
+    restricted :func:`_history_buffer_statistic`. Plus ``argparse.Namespace``,
+    which the official microsoft/unilm BEiT training scripts save under
+    ``args`` in every checkpoint: it unpickles as a plain attribute bag
+    (no ``__setstate__``), its values through the same restricted
+    unpickler. All of them only rebuild data; none can call arbitrary code.
     """
     multiarray = _numpy_multiarray()
     numeric = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8,
                np.uint16, np.uint32, np.uint64, np.float16, np.float32,
                np.float64)
     return [
+        argparse.Namespace,
         HistoryBuffer,
         (_history_buffer_statistic, 'builtins.getattr'),
         multiarray._reconstruct,

@@ -6,6 +6,7 @@ models (timm's backbone names are the official ones) plus the entries only
 the official models have (mask token, index buffers, ``lm_head``, v2's
 ``cls_pt_layers``, VQ-KD's codebook and task layers), with random values
 everywhere."""
+import argparse
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from timm.models.beit import Beit
 from beit_plugin.convert import (backbone_kwargs, convert_state_dict,
                                  dalle_target, under, validate_state_dict,
                                  vqkd_target, with_prefix)
+from beit_plugin.compat import safe_torch_load
 from beit_plugin.models.algorithms import BEiTPretrainer
 from beit_plugin.models.backbones import BEiT
 from beit_plugin.models.tokenizers import DALLEEncoder, VQKDTokenizer
@@ -385,6 +387,27 @@ def test_tool_converts_a_transformers_directory(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], peer(x).last_hidden_state,
                                    atol=1e-5, rtol=0)
+
+
+def test_tool_reads_an_official_training_checkpoint_with_its_args(tmp_path):
+    """The official training scripts save ``args`` (an argparse.Namespace)
+    beside ``model``: the weights-only loader allows that type, so the file
+    converts as it was downloaded, and its args come back as saved."""
+    official = official_pretraining(v2=False)
+    args = argparse.Namespace(model='beit_base_patch16_224_8k_vocab',
+                              layer_scale_init_value=0.1, opt_betas=None,
+                              lr=1.5e-3, drop_path=[0.1])
+    torch.save({'model': official, 'epoch': 799, 'args': args},
+               tmp_path / 'official.pth')
+    loaded = safe_torch_load(tmp_path / 'official.pth')
+    assert loaded['args'] == args
+    done = run_tool(tmp_path / 'official.pth', tmp_path / 'ours.pth',
+                    '--from', 'unilm')
+    assert done.returncode == 0, done.stderr
+    saved = torch.load(tmp_path / 'ours.pth', weights_only=True)['state_dict']
+    expected = convert_state_dict(official, 'unilm', layout='model')
+    assert saved.keys() == expected.keys()
+    assert all(torch.equal(saved[k], expected[k]) for k in expected)
 
 
 def test_tool_refuses_a_code_running_pickle_without_running_it(tmp_path):
