@@ -32,7 +32,10 @@ within a split. Default counts: 1600 train (200 a class), 320 val (40 a class).
 
 Segmentation images: ``seg_size x seg_size`` (default 96 x 96) RGB JPEGs,
 each holding 1 to 3 shapes (the classes balanced over a split's shapes;
-later shapes may partly occlude earlier ones). Default counts: 480 training,
+later shapes may partly occlude earlier ones). A shape's radius is 15-28 %
+of ``seg_size``, at the defaults the 14-27 px of the classification shapes
+(22-42 % of ``cls_size``): the scale the pretraining sees, and at least 3.5
+patches of 8 px across. Default counts: 480 training,
 96 validation. The annotation is a single-channel uint8 PNG of the same size
 and file stem, following ADE20K's convention that 0 is "not labelled":
 
@@ -79,10 +82,15 @@ SEG_CLASSES: Tuple[str, ...] = ('background', ) + SHAPE_CLASSES
 IGNORE_LABEL = 0  # in the annotation PNGs (255 after ``reduce_zero_label``)
 BACKGROUND_LABEL = 1  # shape ``SHAPE_CLASSES[k]`` is written as ``k + 2``
 
-_FORMAT_VERSION = 1  # bump when the drawing changes, to invalidate old sets
+_FORMAT_VERSION = 2  # bump when the drawing changes, to invalidate old sets
+# (2: segmentation shapes at the classification shapes' pixel size)
 _MARKER = '.complete'
 _SUPERSAMPLE = 4  # shape masks are drawn this much larger, then area-averaged
 _SUBPIXEL_BITS = 4  # fractional bits of cv2.fillPoly vertex coordinates
+# shape radii as fractions of the image side: equal in pixels at the default
+# sizes (64 px classification, 96 px segmentation images)
+_CLS_RADIUS = (0.22, 0.42)
+_SEG_RADIUS = (0.15, 0.28)
 _TASK_CLS, _TASK_SEG = 0, 1
 _STREAM_LABELS, _STREAM_IMAGE = 0, 1
 
@@ -294,7 +302,7 @@ def _make_classification(root: Path, seed: int, size: int,
         for index, label in enumerate(classes):
             name = SHAPE_CLASSES[label]
             rng = _rng(seed, _TASK_CLS, split_id, _STREAM_IMAGE, index)
-            image, _ = _draw(rng, size, [name], (0.22, 0.42))
+            image, _ = _draw(rng, size, [name], _CLS_RADIUS)
             relative = f'{name}/{name}_{index:05d}.JPEG'
             _write(root / split / relative, image, jpeg)
             lines.append(f'{relative} {label}\n')
@@ -322,7 +330,7 @@ def _make_segmentation(root: Path, seed: int, size: int,
         for index in range(n):
             rng = _rng(seed, _TASK_SEG, split_id, _STREAM_IMAGE, index)
             names = [SHAPE_CLASSES[label] for label in classes[index]]
-            image, labels = _draw(rng, size, names, (0.1, 0.24))
+            image, labels = _draw(rng, size, names, _SEG_RADIUS)
             stem = f'{prefix}_{index + 1:08d}'
             _write(images / f'{stem}.jpg', image, jpeg)
             _write(annotations / f'{stem}.png',
