@@ -8,9 +8,17 @@ from beit_plugin.models.algorithms import BEiTPretrainer
 ARCH = dict(embed_dims=32, num_layers=3, num_heads=2, feedforward_channels=64)
 
 
-def build(v2: bool) -> BEiTPretrainer:
-    tokenizer = dict(type='VQKDTokenizer', encoder=dict(
-        arch=ARCH, img_size=32, patch_size=8), num_embed=16, frozen=True)
+def build(v2: bool, pixel: bool = False) -> BEiTPretrainer:
+    """A tiny v1/v2 pretrainer with visual-token targets, or with the
+    pixel-regression ablation's head and target if ``pixel``."""
+    if pixel:
+        head = dict(type='PixelRegressionHead', in_channels=32,
+                    out_channels=8 * 8 * 3)
+        target = dict(type='PatchPixels', patch_size=8)
+    else:
+        head = dict(type='BEiTMIMHead', in_channels=32, num_embed=16)
+        target = dict(type='VQKDTokenizer', encoder=dict(
+            arch=ARCH, img_size=32, patch_size=8), num_embed=16, frozen=True)
     return BEiTPretrainer(
         backbone=dict(type='BEiT', arch=ARCH, img_size=32, patch_size=8,
                       use_mask_token=True, final_norm=not v2,
@@ -18,8 +26,8 @@ def build(v2: bool) -> BEiTPretrainer:
         neck=dict(type='BEiTV2PatchAggregation', embed_dims=32, num_heads=2,
                   feedforward_channels=64, early_layers=2,
                   backbone_layers=3) if v2 else None,
-        head=dict(type='BEiTMIMHead', in_channels=32, num_embed=16),
-        target_generator=tokenizer)
+        head=head,
+        target_generator=target)
 
 
 def batch(n: int = 4):
@@ -72,19 +80,6 @@ def test_tokenizer_grid_mismatch_is_reported():
         model.loss(inputs, samples)
 
 
-def build_pixel(v2: bool) -> BEiTPretrainer:
-    return BEiTPretrainer(
-        backbone=dict(type='BEiT', arch=ARCH, img_size=32, patch_size=8,
-                      use_mask_token=True, final_norm=not v2,
-                      out_indices=(1, -1) if v2 else -1),
-        neck=dict(type='BEiTV2PatchAggregation', embed_dims=32, num_heads=2,
-                  feedforward_channels=64, early_layers=2,
-                  backbone_layers=3) if v2 else None,
-        head=dict(type='PixelRegressionHead', in_channels=32,
-                  out_channels=8 * 8 * 3),
-        target_generator=dict(type='PatchPixels', patch_size=8))
-
-
 def test_patch_pixels_are_patches_standardised_one_by_one():
     from beit_plugin.models.targets import PatchPixels
     image = torch.randn(2, 3, 16, 24) * 5 + 3
@@ -103,7 +98,7 @@ def test_patch_pixels_are_patches_standardised_one_by_one():
 @pytest.mark.parametrize('v2', [False, True])
 def test_pixel_regression_learns_masked_patches_only(v2):
     torch.manual_seed(0)
-    model = build_pixel(v2)
+    model = build(v2, pixel=True)
     _, samples = batch()
     # every image repeats one random patch: masked pixels are predictable
     # from the visible ones
