@@ -1,0 +1,4 @@
+"""Offline evaluation of frozen features (no Runner, no training loop)."""
+from .layer_probe import block_features, fit_logistic_probe
+
+__all__ = ['block_features', 'fit_logistic_probe']

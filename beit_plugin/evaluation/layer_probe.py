@@ -1,0 +1,106 @@
+"""How linearly separable each block's frozen features are: BEiT v1's
+layer-wise linear probe, done offline in one go.
+
+Every block's CLS token and average patch token are read in a single
+forward pass of the frozen backbone, and a multinomial logistic regression
+is fitted to each by full-batch L-BFGS. This takes about a minute for the
+demo's 1600 + 320 images and 6 blocks on 2 CPU cores, where one
+``configs/linear_probe`` run (one block, one token, SGD through the Runner)
+takes three.
+"""
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+
+from ..models.backbones import BEiT
+
+
+@torch.no_grad()
+def block_features(backbone: BEiT, images: torch.Tensor,
+                   batch_size: int = 256) -> Dict[str, torch.Tensor]:
+    """Frozen features of every block the backbone outputs.
+
+    Args:
+        backbone: A BEiT with ``out_type='raw'``; its ``out_indices`` are the
+            blocks read. It is put in eval mode.
+        images: ``(M, 3, H, W)`` normalised images.
+        batch_size: Images per forward pass.
+
+    Returns:
+        ``{'block<i> cls': (M, C), 'block<i> avg': (M, C), ...}`` for each
+        output block ``i`` (1-based, in ``out_indices`` order): the CLS
+        token and the mean of the patch tokens.
+    """
+    if backbone.out_type != 'raw':
+        raise ValueError('block_features needs a backbone with '
+                         f"out_type='raw', got {backbone.out_type!r}")
+    backbone.eval()
+    chunks = [backbone(images[i:i + batch_size])
+              for i in range(0, len(images), batch_size)]
+    features = {}
+    for k, index in enumerate(backbone.out_indices):
+        tokens = torch.cat([chunk[k] for chunk in chunks])  # (M, 1+N, C)
+        features[f'block{index + 1} cls'] = tokens[:, 0]
+        features[f'block{index + 1} avg'] = tokens[:, 1:].mean(dim=1)
+    return features
+
+
+def fit_logistic_probe(train_x: torch.Tensor,
+                       train_y: torch.Tensor,
+                       val_x: torch.Tensor,
+                       val_y: torch.Tensor,
+                       num_classes: int,
+                       weight_decay: float = 1e-3,
+                       max_iter: int = 200) -> float:
+    """Fit a linear classifier on standardised features; its val top-1.
+
+    The features are standardised with the training set's per-channel mean
+    and standard deviation (the linear probe's BatchNorm without affine
+    parameters), then a weight ``(C, K)`` and bias ``(K,)`` minimise the
+    cross-entropy plus ``weight_decay`` times the squared weight norm by
+    full-batch L-BFGS (strong Wolfe line search), from zeros, so the result
+    is deterministic.
+
+    Args:
+        train_x: ``(M, C)`` training features.
+        train_y: ``(M,)`` integer labels in ``[0, num_classes)``.
+        val_x: ``(V, C)`` validation features.
+        val_y: ``(V,)`` validation labels.
+        num_classes: Number of classes ``K``.
+        weight_decay: L2 penalty on the weight.
+        max_iter: L-BFGS iterations.
+
+    Returns:
+        Validation top-1 accuracy in percent.
+    """
+    for name, x, y in (('train', train_x, train_y), ('val', val_x, val_y)):
+        if x.dim() != 2 or y.shape != x.shape[:1]:
+            raise ValueError(f'{name} features must be (M, C) with (M,) '
+                             f'labels, got {tuple(x.shape)} and '
+                             f'{tuple(y.shape)}')
+    if val_x.shape[1] != train_x.shape[1]:
+        raise ValueError(f'train features have {train_x.shape[1]} channels '
+                         f'but val features {val_x.shape[1]}')
+    train_x, val_x = train_x.double(), val_x.double()
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x = (train_x - mean) / std
+    val_x = (val_x - mean) / std
+    weight = torch.zeros(train_x.shape[1], num_classes, dtype=torch.float64,
+                         requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter,
+                                  line_search_fn='strong_wolfe')
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(train_x @ weight + bias, train_y) + \
+            weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    with torch.no_grad():
+        correct = (val_x @ weight + bias).argmax(1) == val_y
+    return 100.0 * correct.double().mean().item()
