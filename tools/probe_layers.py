@@ -60,9 +60,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def _images(cfg: Config, loader_key: str,
-            preprocessor) -> Tuple[torch.Tensor, torch.Tensor]:
+            preprocessor) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """All images of a dataloader's dataset, through the val pipeline and
-    the model's data preprocessor: ``(M, 3, H, W)`` and ``(M,)`` labels."""
+    the model's data preprocessor: ``(M, 3, H, W)``, ``(M,)`` labels and
+    the number of classes the dataset declares."""
     dataset_cfg = copy.deepcopy(cfg[loader_key].dataset)
     dataset_cfg.pipeline = copy.deepcopy(cfg.val_dataloader.dataset.pipeline)
     dataset = DATASETS.build(dataset_cfg)
@@ -74,7 +75,8 @@ def _images(cfg: Config, loader_key: str,
         images.append(data['inputs'])
         labels.append(
             torch.cat([sample.gt_label for sample in data['data_samples']]))
-    return torch.cat(images), torch.cat(labels)
+    return (torch.cat(images), torch.cat(labels),
+            len(dataset.metainfo['classes']))
 
 
 def probe(cfg: Config,
@@ -101,11 +103,11 @@ def probe(cfg: Config,
         cfg.model.get('data_preprocessor', cfg.get('data_preprocessor', {})))
     preprocessor_cfg.setdefault('type', 'mmpretrain.ClsDataPreprocessor')
     preprocessor = MODELS.build(preprocessor_cfg)
-    train_x, train_y = _images(cfg, 'train_dataloader', preprocessor)
-    val_x, val_y = _images(cfg, 'val_dataloader', preprocessor)
+    train_x, train_y, num_classes = _images(cfg, 'train_dataloader',
+                                            preprocessor)
+    val_x, val_y, _ = _images(cfg, 'val_dataloader', preprocessor)
     train_f = block_features(backbone, train_x)
     val_f = block_features(backbone, val_x)
-    num_classes = int(max(train_y.max(), val_y.max())) + 1
     return {
         name: fit_logistic_probe(train_f[name], train_y, val_f[name], val_y,
                                  num_classes, weight_decay=weight_decay)

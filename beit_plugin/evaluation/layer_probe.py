@@ -8,7 +8,7 @@ demo's 1600 + 320 images and 6 blocks on 2 CPU cores, where one
 ``configs/linear_probe`` run (one block, one token, SGD through the Runner)
 takes three.
 """
-from typing import Dict
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +36,15 @@ def block_features(backbone: BEiT, images: torch.Tensor,
         raise ValueError('block_features needs a backbone with '
                          f"out_type='raw', got {backbone.out_type!r}")
     backbone.eval()
-    chunks = [backbone(images[i:i + batch_size])
-              for i in range(0, len(images), batch_size)]
-    features = {}
-    for k, index in enumerate(backbone.out_indices):
-        tokens = torch.cat([chunk[k] for chunk in chunks])  # (M, 1+N, C)
-        features[f'block{index + 1} cls'] = tokens[:, 0]
-        features[f'block{index + 1} avg'] = tokens[:, 1:].mean(dim=1)
-    return features
+    names = [f'block{index + 1}' for index in backbone.out_indices]
+    chunks: Dict[str, List[torch.Tensor]] = {}
+    for i in range(0, len(images), batch_size):
+        # reduce each block's (b, 1+N, C) tokens at once: only (b, C) kept
+        for name, tokens in zip(names, backbone(images[i:i + batch_size])):
+            chunks.setdefault(f'{name} cls', []).append(tokens[:, 0])
+            chunks.setdefault(f'{name} avg', []).append(
+                tokens[:, 1:].mean(dim=1))
+    return {key: torch.cat(parts) for key, parts in chunks.items()}
 
 
 def fit_logistic_probe(train_x: torch.Tensor,
