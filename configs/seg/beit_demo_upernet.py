@@ -135,14 +135,11 @@ val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
 # the base-size recipe's optimizer (AdamW, weight decay 0.05, layer-wise
-# decay; no AMP) at an lr and decay chosen for the pretrained backbone by a
-# sweep on the demo (mIoU after 2000 iterations, pretrained / from scratch):
-# lr 1e-3 with decay 0.75 (the demo fine-tuning's) 19.61 / 24.19, 1e-3 with
-# 0.9 21.75 / 25.01, 2e-3 with 0.9 24.22 / 24.76, 4e-3 with 0.9 25.02 / 19.89.
-# A likely reason: the pretrained features are larger than a fresh model's
-# (mean patch-token norm 27 against 10), so the same AdamW steps move them
-# relatively less. From scratch, the higher lr is too high; its best is the
-# 1e-3 / 0.9 row, level with the pretrained model's best.
+# decay; no AMP) at the lr and decay that suit the pretrained backbone, chosen
+# by a sweep on the demo whose numbers README's "Results" gives: the demo
+# fine-tuning's lr 1e-3 / decay 0.75 leaves the pretrained backbone below the
+# one from scratch, whose own best setting (1e-3 / 0.9) this one is too high
+# for
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(
