@@ -15,6 +15,7 @@ from beit_plugin.datasets import demo_data
 from beit_plugin.datasets.demo_data import (BACKGROUND_LABEL, IGNORE_LABEL,
                                             SEG_CLASSES, SHAPE_CLASSES,
                                             make_demo_data)
+from test_compat import load_tool
 
 SMALL = dict(cls_train=48, cls_val=16, seg_train=12, seg_val=6)
 
@@ -200,6 +201,31 @@ def test_idempotent(tmp_path: Path) -> None:
     make_demo_data(root, **dict(SMALL, cls_train=40))
     assert len(list((root / 'imagenet' / 'train').rglob('*.JPEG'))) == 40
     assert json.loads((root / '.complete').read_text())['cls_train'] == 40
+
+
+def test_rejects_a_negative_count(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match='cls_val .* non-negative, got -1'):
+        make_demo_data(tmp_path / 'demo', **dict(SMALL, cls_val=-1))
+    assert not (tmp_path / 'demo').exists()
+
+
+def test_tool_writes_the_counts_it_is_given(tmp_path: Path) -> None:
+    tool = load_tool('make_demo_data')
+    root = tool.main(['--root', str(tmp_path / 'heldout'), '--seed', '1',
+                      '--cls-train', '8', '--cls-val', '24',
+                      '--seg-train', '2', '--seg-val', '3'])
+    assert root == tmp_path / 'heldout'
+    val = (root / 'imagenet/meta/val.txt').read_text().splitlines()
+    assert len(val) == 24
+    assert len(list((root / 'imagenet/train').rglob('*.JPEG'))) == 8
+    assert len(list((root / 'ade/images/validation').glob('*.jpg'))) == 3
+    marker = json.loads((root / '.complete').read_text())
+    assert (marker['seed'], marker['cls_val'], marker['seg_train']) == (1, 24,
+                                                                        2)
+    # without count options: the demo's defaults
+    defaults = tool.parse_args(['--root', 'x'])
+    assert (defaults.cls_train, defaults.cls_val, defaults.seg_train,
+            defaults.seg_val) == (1600, 320, 480, 96)
 
 
 def test_ensure_demo_data(monkeypatch: pytest.MonkeyPatch,

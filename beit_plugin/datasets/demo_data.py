@@ -391,6 +391,11 @@ def make_demo_data(root: Union[str, Path] = 'data/demo',
             pass
     if seed < 0:
         raise ValueError(f'seed must be non-negative, got {seed}')
+    for name in ('cls_train', 'cls_val', 'seg_train', 'seg_val'):
+        if params[name] < 0:
+            raise ValueError(
+                f'{name} (a number of images) must be non-negative, got '
+                f'{params[name]}')
     marker.unlink(missing_ok=True)
     for sub in ('imagenet', 'ade'):
         shutil.rmtree(root / sub, ignore_errors=True)
