@@ -82,6 +82,8 @@ max_iters = 1500
 warmup_iters = 100
 optim_wrapper = dict(
     type='OptimWrapper',
+    # one log line for the frozen tokenizer instead of a warning per tensor
+    constructor='beit_plugin.FrozenParamsOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=1.5e-3, betas=(0.9, 0.999),
                    weight_decay=0.05),
     clip_grad=dict(max_norm=3.0),

@@ -67,6 +67,8 @@ train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 # No weight decay where the official code has none: 1-d parameters (norms,
 # biases, q/v biases, layer scales) and pos_embed / cls_token.
 optim_wrapper = dict(
+    # one log line for the frozen tokenizer instead of a warning per tensor
+    constructor='beit_plugin.FrozenParamsOptimWrapperConstructor',
     paramwise_cfg=dict(
         _delete_=True,
         norm_decay_mult=0.,

@@ -79,6 +79,8 @@ train_dataloader = dict(
 max_epochs = 100
 warmup_epochs = 10
 optim_wrapper = dict(
+    # one log line for the frozen teacher instead of a warning per tensor
+    constructor='beit_plugin.FrozenParamsOptimWrapperConstructor',
     optimizer=dict(
         type='AdamW', lr=2e-4, betas=(0.9, 0.99), weight_decay=1e-4),
     paramwise_cfg=dict(

@@ -1,3 +1,6 @@
+from .frozen_params_constructor import FrozenParamsOptimWrapperConstructor
 from .layer_decay_constructor import LayerDecayOptimWrapperConstructor
 
-__all__ = ['LayerDecayOptimWrapperConstructor']
+__all__ = [
+    'FrozenParamsOptimWrapperConstructor', 'LayerDecayOptimWrapperConstructor'
+]
