@@ -1,10 +1,12 @@
 """The offline layer-wise linear probe: the L-BFGS logistic regression, the
 per-block features, and tools/probe_layers.py on a tiny config and data."""
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
+from mmengine.logging import MMLogger
 from mmengine.registry import DefaultScope
 
 from beit_plugin.datasets.demo_data import make_demo_data
@@ -85,7 +87,7 @@ def tiny_config(tmp_path) -> Path:
 
 
 def test_tool_probes_every_block_of_the_given_checkpoint(
-        tiny_config, tmp_path, monkeypatch):
+        tiny_config, tmp_path, monkeypatch, capsys):
     tool = load_tool('probe_layers')
     seen = []
 
@@ -102,9 +104,20 @@ def test_tool_probes_every_block_of_the_given_checkpoint(
     checkpoint = tmp_path / 'zero.pth'
     torch.save(dict(state_dict=state), checkpoint)
     out = tmp_path / 'probe.json'
-    with DefaultScope.overwrite_default_scope('mmengine'):
-        results = tool.main([str(tiny_config), '--checkpoint',
-                             str(checkpoint), '--out', str(out)])
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        with DefaultScope.overwrite_default_scope('mmengine'):
+            results = tool.main([str(tiny_config), '--checkpoint',
+                                 str(checkpoint), '--out', str(out)])
+    finally:
+        logger.removeHandler(handler)
+    # one line names the weights; no per-parameter initialisation dump
+    assert f'backbone: {checkpoint}' in capsys.readouterr().out.splitlines()
+    assert not [m for m in logged if 'torch.Size' in m]
     assert list(results) == ['block1 cls', 'block1 avg', 'block2 cls',
                              'block2 avg']
     assert json.loads(out.read_text()) == results
@@ -121,3 +134,4 @@ def test_tool_probes_every_block_of_the_given_checkpoint(
     with DefaultScope.overwrite_default_scope('mmengine'):
         tool.main([str(tiny_config)])
     assert all(train_x.std(0).min() > 0 for train_x, *_ in seen)
+    assert 'backbone: random initialisation' in capsys.readouterr().out

@@ -24,11 +24,13 @@ Meant for small data sets: all images and features are held in memory.
 import argparse
 import copy
 import json
+import logging
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.dataset import pseudo_collate
+from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 
 import beit_plugin  # noqa: F401  (registers the backbone and datasets)
@@ -97,7 +99,17 @@ def probe(cfg: Config,
                         f'{type(backbone).__name__} is not beit_plugin.BEiT '
                         "(model.backbone.type should be 'beit_plugin.BEiT')")
     backbone.out_indices = tuple(range(backbone.num_layers))
-    backbone.init_weights()
+    # without a log file, MMEngine prints every parameter's initialisation
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        backbone.init_weights()
+    finally:
+        logger.setLevel(level)
+    init_cfg = backbone_cfg.get('init_cfg')
+    print('backbone: ' + (init_cfg['checkpoint'] if init_cfg and 'checkpoint'
+                          in init_cfg else 'random initialisation'))
     # MMPretrain configs keep it at the top level; ImageClassifier's default
     preprocessor_cfg = copy.deepcopy(
         cfg.model.get('data_preprocessor', cfg.get('data_preprocessor', {})))
