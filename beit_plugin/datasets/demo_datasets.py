@@ -10,6 +10,7 @@ prefix: ``type='beit_plugin.DemoADE20K'`` from an MMSegmentation config
 from pathlib import Path
 
 from mmengine.dist import barrier, get_dist_info
+from mmengine.logging import print_log
 from mmpretrain.datasets import ImageNet
 from mmseg.datasets import ADE20KDataset
 
@@ -27,6 +28,11 @@ def ensure_demo_root(data_root: str) -> None:
     rank, world_size = get_dist_info()
     root = Path(data_root).parent
     if rank == 0 and not (root / _MARKER).is_file():
+        # said aloud: a mistyped or not-yet-made root (e.g. a held-out set
+        # from tools/make_demo_data.py) would otherwise silently become a
+        # copy of the default set
+        print_log(f'{root} holds no complete demo set: generating the '
+                  'default one (seed 0) there', logger='current')
         ensure_demo_data(root)
     if world_size > 1:
         barrier()
