@@ -9,6 +9,13 @@ extracted once, and an L-BFGS logistic regression is fitted to each (see
 :mod:`beit_plugin.evaluation.layer_probe`). Prints one table row per block
 and writes the numbers as JSON with ``--out``.
 
+``--dense`` takes a segmentation config (e.g.
+``configs/seg/beit_demo_upernet.py``) instead: its images, through the val
+pipeline, are cut into crops of the backbone's input size (half-overlapping,
+covering each image), and every patch token is probed for its patch's
+majority label, classes weighted equally; the score is the mean class
+accuracy.
+
 Examples::
 
     python tools/probe_layers.py configs/linear_probe/beit_demo_linear.py
@@ -18,6 +25,8 @@ Examples::
     # another checkpoint
     python tools/probe_layers.py configs/linear_probe/beit_demo_linear.py \\
         --checkpoint work_dirs/beit_pretrain/iter_1000.pth
+    # every patch token against its segmentation label
+    python tools/probe_layers.py configs/seg/beit_demo_upernet.py --dense
 
 Meant for small data sets: all images and features are held in memory.
 """
@@ -25,7 +34,7 @@ import argparse
 import copy
 import json
 import logging
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config, DictAction
@@ -34,7 +43,8 @@ from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 
 import beit_plugin  # noqa: F401  (registers the backbone and datasets)
-from beit_plugin.evaluation import block_features, fit_logistic_probe
+from beit_plugin.evaluation import (block_features, fit_logistic_probe,
+                                    patch_labels)
 from beit_plugin.models.backbones import BEiT
 from beit_plugin.registry import DATASETS, MODELS
 
@@ -49,6 +59,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="checkpoint to probe instead of the config's "
         'model.backbone.init_cfg (keys under "backbone.")')
     parser.add_argument('--out', help='write the accuracies to this JSON')
+    parser.add_argument(
+        '--dense',
+        action='store_true',
+        help='a segmentation config: probe every patch token for its '
+        "patch's label (mean class accuracy)")
     parser.add_argument(
         '--weight-decay', type=float, default=1e-3,
         help='L2 penalty of the logistic regression')
@@ -81,11 +96,84 @@ def _images(cfg: Config, loader_key: str,
             len(dataset.metainfo['classes']))
 
 
+def _crop_offsets(size: int, crop: int) -> List[int]:
+    """Starts of half-overlapping crops of ``crop`` px that cover ``size``."""
+    return sorted(set(range(0, size - crop + 1, crop // 2)) | {size - crop})
+
+
+def _seg_crops(cfg: Config, loader_key: str, crop: Tuple[int, int],
+               patch_size: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """All images of a segmentation dataloader's dataset, through the val
+    pipeline (without its packing) and cut into ``crop`` crops, normalised
+    as the config's data preprocessor does: ``(M, 3, h, w)`` crops,
+    ``(M, N)`` patch labels (:func:`patch_labels`, 255 for ignored) and the
+    number of classes the dataset declares."""
+    dataset_cfg = copy.deepcopy(cfg[loader_key].dataset)
+    dataset_cfg.pipeline = [
+        t for t in copy.deepcopy(cfg.val_dataloader.dataset.pipeline)
+        if not t['type'].split('.')[-1].startswith('Pack')
+    ]
+    dataset = DATASETS.build(dataset_cfg)
+    preprocessor = cfg.model.get('data_preprocessor',
+                                 cfg.get('data_preprocessor', {}))
+    mean, std = preprocessor.get('mean'), preprocessor.get('std')
+    crops, maps = [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        image, seg_map = item['img'], item['gt_seg_map']
+        height, width = seg_map.shape
+        if height < crop[0] or width < crop[1]:
+            raise ValueError(
+                f"{item['img_path']}: {height} x {width} px after the val "
+                f'pipeline, smaller than the backbone input {crop[0]} x '
+                f'{crop[1]}')
+        image = torch.from_numpy(image.copy()).float()
+        if preprocessor.get('bgr_to_rgb', False):
+            image = image.flip(-1)
+        if mean is not None:
+            image = (image - torch.tensor(mean)) / torch.tensor(std)
+        seg_map = torch.from_numpy(seg_map.astype('int64'))
+        for top in _crop_offsets(height, crop[0]):
+            for left in _crop_offsets(width, crop[1]):
+                crops.append(image[top:top + crop[0], left:left + crop[1]])
+                maps.append(seg_map[top:top + crop[0], left:left + crop[1]])
+    return (torch.stack(crops).permute(0, 3, 1, 2).contiguous(),
+            patch_labels(torch.stack(maps), patch_size),
+            len(dataset.metainfo['classes']))
+
+
+def _dense_probe(cfg: Config, backbone: BEiT,
+                 weight_decay: float) -> Dict[str, float]:
+    """Mean class accuracy (%) of a class-balanced logistic regression on
+    each block's frozen patch tokens, for their patches' labels."""
+    crop = tuple(g * backbone.patch_size for g in backbone.patch_grid)
+    data = {}
+    for split, key in (('train', 'train_dataloader'),
+                       ('val', 'val_dataloader')):
+        images, labels, num_classes = _seg_crops(cfg, key, crop,
+                                                 backbone.patch_size)
+        labels = labels.flatten()
+        keep = labels != 255
+        data[split] = ({name: features[keep] for name, features in
+                        block_features(backbone, images, dense=True).items()},
+                       labels[keep])
+    (train_f, train_y), (val_f, val_y) = data['train'], data['val']
+    return {
+        name: fit_logistic_probe(train_f[name], train_y, val_f[name], val_y,
+                                 num_classes, weight_decay=weight_decay,
+                                 balanced=True)
+        for name in train_f
+    }
+
+
 def probe(cfg: Config,
           checkpoint: Optional[str] = None,
-          weight_decay: float = 1e-3) -> Dict[str, float]:
+          weight_decay: float = 1e-3,
+          dense: bool = False) -> Dict[str, float]:
     """Top-1 (%) of a logistic regression on each block's frozen CLS and
-    average patch token; keys as :func:`block_features` names them."""
+    average patch token; keys as :func:`block_features` names them. With
+    ``dense`` (a segmentation config), the mean class accuracy (%) of each
+    block's patch tokens."""
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     backbone_cfg = copy.deepcopy(cfg.model.backbone)
     if checkpoint is not None:
@@ -110,6 +198,8 @@ def probe(cfg: Config,
     init_cfg = backbone_cfg.get('init_cfg')
     print('backbone: ' + (init_cfg['checkpoint'] if init_cfg and 'checkpoint'
                           in init_cfg else 'random initialisation'))
+    if dense:
+        return _dense_probe(cfg, backbone, weight_decay)
     # MMPretrain configs keep it at the top level; ImageClassifier's default
     preprocessor_cfg = copy.deepcopy(
         cfg.model.get('data_preprocessor', cfg.get('data_preprocessor', {})))
@@ -133,13 +223,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     torch.manual_seed(0)  # a random backbone (init_cfg=None) is reproducible
-    results = probe(cfg, args.checkpoint, args.weight_decay)
-    print('block  CLS token  avg patch token  (top-1 %)')
-    for name in results:
-        if name.endswith(' cls'):
-            block = name[:-4]
-            print(f'{block:>6}  {results[name]:9.1f}  '
-                  f'{results[block + " avg"]:15.1f}')
+    results = probe(cfg, args.checkpoint, args.weight_decay, args.dense)
+    if args.dense:
+        print('block  patch tokens  (mean class accuracy %)')
+        for name, value in results.items():
+            print(f'{name[:-6]:>6}  {value:12.1f}')
+    else:
+        print('block  CLS token  avg patch token  (top-1 %)')
+        for name in results:
+            if name.endswith(' cls'):
+                block = name[:-4]
+                print(f'{block:>6}  {results[name]:9.1f}  '
+                      f'{results[block + " avg"]:15.1f}')
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(results, f, indent=2)
