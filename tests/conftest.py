@@ -1,8 +1,11 @@
+import contextlib
+import logging
 import os
-from typing import Optional
+from typing import Iterator, List, Optional
 
 import pytest
 import torch
+from mmengine.logging import MMLogger
 
 os.environ.setdefault('OMP_NUM_THREADS', '2')
 
@@ -14,6 +17,20 @@ def _seed():
 
 TINY_ARCH = dict(embed_dims=32, num_layers=2, num_heads=2,
                  feedforward_channels=64)
+
+
+@contextlib.contextmanager
+def mmengine_log() -> Iterator[List[str]]:
+    """The messages logged to MMEngine's current logger inside the block."""
+    messages: List[str] = []
+    handler = logging.Handler(level=logging.DEBUG)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
 
 
 def few_iterations(cfg, max_iters: int, checkpoint_interval: int,

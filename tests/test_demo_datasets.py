@@ -1,25 +1,15 @@
 """Demo datasets make their data on first use and read it with mmpretrain."""
-import logging
-
-from mmengine.logging import MMLogger
-
 from beit_plugin.datasets import DemoImageNet
 from beit_plugin.datasets.demo_data import SHAPE_CLASSES
+from conftest import mmengine_log
 
 
 def test_demo_imagenet_generates_missing_data_and_loads_it(tmp_path):
     root = tmp_path / 'demo' / 'imagenet'
     assert not root.exists()
-    logged = []
-    handler = logging.Handler()
-    handler.emit = lambda record: logged.append(record.getMessage())
-    logger = MMLogger.get_current_instance()
-    logger.addHandler(handler)
-    try:
+    with mmengine_log() as logged:
         dataset = DemoImageNet(data_root=str(root), split='val')
         DemoImageNet(data_root=str(root), split='train')  # made: no message
-    finally:
-        logger.removeHandler(handler)
     assert [m for m in logged if 'demo set' in m] == [
         f'{root.parent} holds no complete demo set: generating the default '
         'one (seed 0) there']

@@ -1,7 +1,6 @@
 """FrozenParamsOptimWrapperConstructor: the default constructor's optimizer,
 with one log line for the frozen parameters instead of one warning each."""
-import logging
-from typing import List
+from typing import Iterator, List
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 
 from beit_plugin.engine.optimizers import FrozenParamsOptimWrapperConstructor
 from beit_plugin.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from conftest import mmengine_log
 
 OPTIM_WRAPPER = dict(
     type='OptimWrapper',
@@ -32,24 +32,12 @@ class Student(nn.Module):
         self.tokenizer.requires_grad_(False)
 
 
-class Records(logging.Handler):
-    """Collects the messages logged to MMEngine's current logger."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.messages: List[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 @pytest.fixture
-def records():
-    logger = MMLogger.get_instance('test_frozen_params_constructor')
-    handler = Records()
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
+def logged() -> Iterator[List[str]]:
+    """What the constructors log, to a logger of this test's own."""
+    MMLogger.get_instance('test_frozen_params_constructor')  # now current
+    with mmengine_log() as messages:
+        yield messages
 
 
 def groups(optim_wrapper) -> List[tuple]:
@@ -59,12 +47,12 @@ def groups(optim_wrapper) -> List[tuple]:
             for group in optim_wrapper.optimizer.param_groups]
 
 
-def test_same_optimizer_and_one_line_for_the_frozen_parameters(records):
+def test_same_optimizer_and_one_line_for_the_frozen_parameters(logged):
     model = Student()
     default = DefaultOptimWrapperConstructor(dict(OPTIM_WRAPPER), PARAMWISE)(model)
-    warnings = [m for m in records.messages if 'requires_grad=False' in m]
+    warnings = [m for m in logged if 'requires_grad=False' in m]
     assert len(warnings) == 4  # the default: one per frozen tensor
-    records.messages.clear()
+    logged.clear()
 
     ours = FrozenParamsOptimWrapperConstructor(dict(OPTIM_WRAPPER),
                                                PARAMWISE)(model)
@@ -72,11 +60,11 @@ def test_same_optimizer_and_one_line_for_the_frozen_parameters(records):
     assert groups(ours) == groups(default)
     optimised = {p for g in ours.optimizer.param_groups for p in g['params']}
     assert not optimised & set(model.tokenizer.parameters())
-    assert [m for m in records.messages if 'requires_grad' in m] == [
+    assert [m for m in logged if 'requires_grad' in m] == [
         'Not optimised (requires_grad=False): tokenizer (4)']
 
 
-def test_silent_when_nothing_is_frozen_and_warnings_pass_through(records):
+def test_silent_when_nothing_is_frozen_and_warnings_pass_through(logged):
     model = Student().backbone
     logger = MMLogger.get_current_instance()
 
@@ -87,8 +75,8 @@ def test_silent_when_nothing_is_frozen_and_warnings_pass_through(records):
             super().add_params(params, module, **kwargs)
 
     Warns(dict(OPTIM_WRAPPER), PARAMWISE)(model)
-    assert records.messages.count('an unrelated warning') >= 1
-    assert not [m for m in records.messages if 'requires_grad' in m]
+    assert logged.count('an unrelated warning') >= 1
+    assert not [m for m in logged if 'requires_grad' in m]
     assert logger.filters == []  # the filter is removed again
 
 

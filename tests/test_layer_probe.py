@@ -1,19 +1,17 @@
 """The offline layer-wise linear probe: the L-BFGS logistic regression, the
 per-block features, and tools/probe_layers.py on a tiny config and data."""
 import json
-import logging
 from pathlib import Path
 
 import pytest
 import torch
-from mmengine.logging import MMLogger
 from mmengine.registry import DefaultScope
 
 from beit_plugin.datasets.demo_data import make_demo_data
 from beit_plugin.evaluation import (block_features, fit_logistic_probe,
                                     patch_labels)
 from beit_plugin.models.backbones import BEiT
-from conftest import TINY_ARCH
+from conftest import TINY_ARCH, mmengine_log
 from test_compat import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,17 +103,10 @@ def test_tool_probes_every_block_of_the_given_checkpoint(
     checkpoint = tmp_path / 'zero.pth'
     torch.save(dict(state_dict=state), checkpoint)
     out = tmp_path / 'probe.json'
-    logged = []
-    handler = logging.Handler()
-    handler.emit = lambda record: logged.append(record.getMessage())
-    logger = MMLogger.get_current_instance()
-    logger.addHandler(handler)
-    try:
-        with DefaultScope.overwrite_default_scope('mmengine'):
-            results = tool.main([str(tiny_config), '--checkpoint',
-                                 str(checkpoint), '--out', str(out)])
-    finally:
-        logger.removeHandler(handler)
+    with mmengine_log() as logged, \
+            DefaultScope.overwrite_default_scope('mmengine'):
+        results = tool.main([str(tiny_config), '--checkpoint',
+                             str(checkpoint), '--out', str(out)])
     # one line names the weights; no per-parameter initialisation dump
     assert f'backbone: {checkpoint}' in capsys.readouterr().out.splitlines()
     assert not [m for m in logged if 'torch.Size' in m]
