@@ -40,12 +40,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         '--seed', type=int, default=0, help='random seed (0)')
     for name, default in COUNTS.items():
         task, split = name.split('_')
+        task = 'classification' if task == 'cls' else 'segmentation'
         parser.add_argument(
             f"--{name.replace('_', '-')}",
             type=int,
             default=default,
-            help=f"number of {'classification' if task == 'cls' else 'segmentation'} "
-            f'{split} images ({default})')
+            help=f'number of {task} {split} images ({default})')
     parser.add_argument(
         '--force',
         action='store_true',

@@ -101,48 +101,37 @@ def _crop_offsets(size: int, crop: int) -> List[int]:
     return sorted(set(range(0, size - crop + 1, crop // 2)) | {size - crop})
 
 
-def _seg_crops(cfg: Config, loader_key: str, crop: Tuple[int, int],
+def _seg_crops(cfg: Config, loader_key: str, preprocessor,
+               crop: Tuple[int, int],
                patch_size: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """All images of a segmentation dataloader's dataset, through the val
-    pipeline (without its packing) and cut into ``crop`` crops, normalised
-    as the config's data preprocessor does: ``(M, 3, h, w)`` crops,
-    ``(M, N)`` patch labels (:func:`patch_labels`, 255 for ignored) and the
-    number of classes the dataset declares."""
+    pipeline and the model's data preprocessor, cut into ``crop`` crops:
+    ``(M, 3, h, w)`` crops, ``(M, N)`` patch labels (:func:`patch_labels`,
+    255 for ignored) and the number of classes the dataset declares."""
     dataset_cfg = copy.deepcopy(cfg[loader_key].dataset)
-    dataset_cfg.pipeline = [
-        t for t in copy.deepcopy(cfg.val_dataloader.dataset.pipeline)
-        if not t['type'].split('.')[-1].startswith('Pack')
-    ]
+    dataset_cfg.pipeline = copy.deepcopy(cfg.val_dataloader.dataset.pipeline)
     dataset = DATASETS.build(dataset_cfg)
-    preprocessor = cfg.model.get('data_preprocessor',
-                                 cfg.get('data_preprocessor', {}))
-    mean, std = preprocessor.get('mean'), preprocessor.get('std')
     crops, maps = [], []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        image, seg_map = item['img'], item['gt_seg_map']
+    for i in range(len(dataset)):  # one at a time: the sizes may differ
+        data = preprocessor(pseudo_collate([dataset[i]]), training=False)
+        # the image may be padded (test_cfg), its label map is not
+        image, sample = data['inputs'][0], data['data_samples'][0]
+        seg_map = sample.gt_sem_seg.data[0]
         height, width = seg_map.shape
         if height < crop[0] or width < crop[1]:
             raise ValueError(
-                f"{item['img_path']}: {height} x {width} px after the val "
+                f'{sample.img_path}: {height} x {width} px after the val '
                 f'pipeline, smaller than the backbone input {crop[0]} x '
                 f'{crop[1]}')
-        image = torch.from_numpy(image.copy()).float()
-        if preprocessor.get('bgr_to_rgb', False):
-            image = image.flip(-1)
-        if mean is not None:
-            image = (image - torch.tensor(mean)) / torch.tensor(std)
-        seg_map = torch.from_numpy(seg_map.astype('int64'))
         for top in _crop_offsets(height, crop[0]):
             for left in _crop_offsets(width, crop[1]):
-                crops.append(image[top:top + crop[0], left:left + crop[1]])
+                crops.append(image[:, top:top + crop[0], left:left + crop[1]])
                 maps.append(seg_map[top:top + crop[0], left:left + crop[1]])
-    return (torch.stack(crops).permute(0, 3, 1, 2).contiguous(),
-            patch_labels(torch.stack(maps), patch_size),
+    return (torch.stack(crops), patch_labels(torch.stack(maps), patch_size),
             len(dataset.metainfo['classes']))
 
 
-def _dense_probe(cfg: Config, backbone: BEiT,
+def _dense_probe(cfg: Config, backbone: BEiT, preprocessor,
                  weight_decay: float) -> Dict[str, float]:
     """Mean class accuracy (%) of a class-balanced logistic regression on
     each block's frozen patch tokens, for their patches' labels."""
@@ -150,7 +139,7 @@ def _dense_probe(cfg: Config, backbone: BEiT,
     data = {}
     for split, key in (('train', 'train_dataloader'),
                        ('val', 'val_dataloader')):
-        images, labels, num_classes = _seg_crops(cfg, key, crop,
+        images, labels, num_classes = _seg_crops(cfg, key, preprocessor, crop,
                                                  backbone.patch_size)
         labels = labels.flatten()
         keep = labels != 255
@@ -198,13 +187,13 @@ def probe(cfg: Config,
     init_cfg = backbone_cfg.get('init_cfg')
     print('backbone: ' + (init_cfg['checkpoint'] if init_cfg and 'checkpoint'
                           in init_cfg else 'random initialisation'))
-    if dense:
-        return _dense_probe(cfg, backbone, weight_decay)
     # MMPretrain configs keep it at the top level; ImageClassifier's default
     preprocessor_cfg = copy.deepcopy(
         cfg.model.get('data_preprocessor', cfg.get('data_preprocessor', {})))
     preprocessor_cfg.setdefault('type', 'mmpretrain.ClsDataPreprocessor')
     preprocessor = MODELS.build(preprocessor_cfg)
+    if dense:
+        return _dense_probe(cfg, backbone, preprocessor, weight_decay)
     train_x, train_y, num_classes = _images(cfg, 'train_dataloader',
                                             preprocessor)
     val_x, val_y, _ = _images(cfg, 'val_dataloader', preprocessor)

@@ -47,7 +47,8 @@ def block_features(backbone: BEiT,
     names = [f'block{index + 1}' for index in backbone.out_indices]
     chunks: Dict[str, List[torch.Tensor]] = {}
     for i in range(0, len(images), batch_size):
-        # reduce each block's (b, 1+N, C) tokens at once: only (b, C) kept
+        # reduce each block's (b, 1+N, C) tokens at once: (b, C) kept, or
+        # the (b * N, C) patch tokens when dense
         for name, tokens in zip(names, backbone(images[i:i + batch_size])):
             if dense:
                 chunks.setdefault(f'{name} patch', []).append(
@@ -86,9 +87,13 @@ def patch_labels(seg_maps: torch.Tensor,
     patches = patches.permute(0, 1, 3, 2, 4).flatten(1, 2).flatten(2)
     labelled = patches != ignore_index
     num_classes = int(patches[labelled].max()) + 1 if labelled.any() else 1
-    counts = F.one_hot(torch.where(labelled, patches, num_classes),
-                       num_classes + 1)[..., :num_classes].sum(dim=2)
-    labels = counts.argmax(dim=2)
+    # per-patch label histograms, (M, N, K): one bincount over patch * K +
+    # label of the labelled pixels (no (M, N, P, K) one-hot)
+    n = patches.shape[1]
+    patch_index = torch.arange(m * n).view(m, n, 1).expand_as(patches)
+    counts = torch.bincount((patch_index * num_classes + patches)[labelled],
+                            minlength=m * n * num_classes)
+    labels = counts.view(m, n, num_classes).argmax(dim=2)
     labels[labelled.sum(dim=2) < min_labelled * patch_size**2] = ignore_index
     return labels
 
@@ -143,11 +148,11 @@ def fit_logistic_probe(train_x: torch.Tensor,
     weight = torch.zeros(train_x.shape[1], num_classes, dtype=torch.float64,
                          requires_grad=True)
     bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    class_weight = None
-    if balanced:
-        counts = torch.bincount(train_y, minlength=num_classes).double()
-        class_weight = torch.where(counts > 0, 1 / counts.clamp(min=1), 0.)
-        class_weight *= (counts > 0).sum() / class_weight.sum()
+    # the weighted mean cross-entropy divides by the targets' total weight,
+    # so inverse counts need no normalising
+    class_weight = 1 / torch.bincount(
+        train_y, minlength=num_classes).double().clamp(min=1) \
+        if balanced else None
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter,
                                   line_search_fn='strong_wolfe')
 
