@@ -300,3 +300,69 @@ def test_learnable_but_not_from_colour(tmp_path: Path) -> None:
             F.cross_entropy(cnn(x[batch]), y[batch]).backward()
             optimizer.step()
     assert _accuracy(cnn, to_tensor(val_x), val_y) > 0.3
+
+
+def _user_folder(root: Path) -> Dict[str, bytes]:
+    """A user's own ImageNet-style data under ``root/imagenet``, plus a note
+    at ``root``; returns its contents."""
+    image = root / 'imagenet' / 'train' / 'cat' / 'cat_1.jpg'
+    image.parent.mkdir(parents=True)
+    image.write_bytes(bytes(range(256)) * 4)
+    (root / 'notes.txt').write_text('mine\n')
+    return _contents(root)
+
+
+def test_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    root = tmp_path / 'data'
+    before = _user_folder(root)
+    for force in (False, True):
+        with pytest.raises(demo_data.ForeignDataError,
+                           match=f'{root} is not a demo data folder'):
+            make_demo_data(root, force=force, **SMALL)
+    with pytest.raises(demo_data.ForeignDataError, match='Your own data'):
+        load_tool('make_demo_data').main(['--root', str(root), '--force'])
+    assert _contents(root) == before
+
+
+def test_writes_into_an_empty_folder(tmp_path: Path) -> None:
+    root = tmp_path / 'empty'
+    root.mkdir()
+    make_demo_data(root, **SMALL)
+    assert demo_data.read_marker(root)['cls_train'] == SMALL['cls_train']
+
+
+def test_regenerating_deletes_only_its_own_files(tmp_path: Path) -> None:
+    root = make_demo_data(tmp_path / 'demo', **SMALL)
+    added = {
+        root / 'notes.txt': b'mine',
+        root / 'imagenet' / 'train' / 'bar' / 'my_bar.jpg': b'\xff\xd8mine',
+        root / 'ade' / 'my_ade' / 'x.png': b'mine',
+    }
+    for path, data in added.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    make_demo_data(root, **dict(SMALL, cls_train=8, seg_train=2))
+    assert all(path.read_bytes() == data for path, data in added.items())
+    assert len(list((root / 'imagenet' / 'train').rglob('*.JPEG'))) == 8
+    assert len(list((root / 'ade' / 'images' / 'training').iterdir())) == 2
+    # the folders the smaller set leaves empty are gone, not left behind
+    empty = [p for p in root.rglob('*') if p.is_dir() and not any(p.iterdir())]
+    assert empty == []
+
+
+def test_an_interrupted_set_is_ours_and_completed(tmp_path: Path,
+                                                  monkeypatch) -> None:
+    root = tmp_path / 'demo'
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo_data, '_make_segmentation', interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        make_demo_data(root, **SMALL)
+    assert demo_data.read_marker(root)['state'] == 'writing'
+    monkeypatch.undo()
+    make_demo_data(root, **SMALL)
+    assert 'state' not in demo_data.read_marker(root)
+    assert _contents(root) == _contents(make_demo_data(tmp_path / 'fresh',
+                                                       **SMALL))

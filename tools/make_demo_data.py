@@ -5,7 +5,9 @@ Usage::
     python tools/make_demo_data.py [--root data/demo] [--seed 0] [--force]
 
 Does nothing when ``--root`` already holds a complete set made with the same
-parameters, unless ``--force`` is given.
+parameters, unless ``--force`` is given. Writes only into a missing or empty
+folder or one this tool made (it carries a ``.complete`` marker); any other
+folder is refused, and regenerating deletes only the files the tool wrote.
 
 A held-out set, to evaluate demo models on more images than the 320 of
 the demo's validation split (another seed draws other images)::

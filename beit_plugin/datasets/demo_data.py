@@ -65,13 +65,20 @@ annotations) takes about 5 s on one core and holds about 6 MB.
 
 Idempotence: the ``.complete`` marker records the generation parameters. A
 call whose parameters equal the marker's returns at once; otherwise (or with
-``force=True``) the ``imagenet/`` and ``ade/`` folders are deleted and
-written again, and the marker is written only after every file.
+``force=True``) the set is written again.
+
+Safety: the set is written only into a folder that is missing, empty, or
+marked as the project's by ``.complete`` (which is written first, with
+``"state": "writing"``, and rewritten without it after the last file, so an
+interrupted run is also recognised as ours). Anything else raises
+:class:`ForeignDataError` naming the folder. Regenerating deletes only the
+files that the marker's parameters name (the demo's file names are
+determined by them) and then the folders those files leave empty; a file
+the project did not write is never deleted.
 """
 import json
-import shutil
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -286,24 +293,121 @@ def _write(path: Path, image: np.ndarray, params: List[int]) -> None:
     path.write_bytes(data.tobytes())
 
 
+def _classification_labels(seed: int, split_id: int, n: int) -> np.ndarray:
+    """``(n,)`` class indices of a classification split, balanced."""
+    order = _rng(seed, _TASK_CLS, split_id, _STREAM_LABELS, 0)
+    return order.permutation(np.arange(n) % len(SHAPE_CLASSES))
+
+
+def _classification_name(name: str, index: int) -> str:
+    """Path of image ``index`` (of class ``name``) in its split folder."""
+    return f'{name}/{name}_{index:05d}.JPEG'
+
+
+def _segmentation_stem(split: str, index: int) -> str:
+    """File stem of image ``index`` of ``training`` / ``validation``."""
+    prefix = 'ADE_train' if split == 'training' else 'ADE_val'
+    return f'{prefix}_{index + 1:08d}'
+
+
+def _written_files(params: Dict) -> Iterator[Path]:
+    """Every file (relative to the root) that :func:`make_demo_data` writes
+    with ``params``: the names depend only on the seed and the counts."""
+    seed = params.get('seed', 0)
+    for split_id, split in enumerate(('train', 'val')):
+        yield Path('imagenet', 'meta', f'{split}.txt')
+        for index, label in enumerate(
+                _classification_labels(seed, split_id,
+                                       params.get(f'cls_{split}', 0))):
+            yield Path('imagenet', split,
+                       _classification_name(SHAPE_CLASSES[label], index))
+    yield Path('imagenet', 'meta', 'classes.txt')
+    for split, count in (('training', params.get('seg_train', 0)),
+                         ('validation', params.get('seg_val', 0))):
+        for index in range(count):
+            stem = _segmentation_stem(split, index)
+            yield Path('ade', 'images', split, f'{stem}.jpg')
+            yield Path('ade', 'annotations', split, f'{stem}.png')
+
+
+def _written_folders() -> List[Path]:
+    """The folders :func:`make_demo_data` makes, innermost first."""
+    folders = [Path('imagenet', split, name) for split in ('train', 'val')
+               for name in SHAPE_CLASSES]
+    folders += [Path('imagenet', 'train'), Path('imagenet', 'val'),
+                Path('imagenet', 'meta'), Path('imagenet')]
+    folders += [Path('ade', kind, split) for kind in ('images', 'annotations')
+                for split in ('training', 'validation')]
+    folders += [Path('ade', 'images'), Path('ade', 'annotations'), Path('ade')]
+    return folders
+
+
+class ForeignDataError(FileExistsError):
+    """A folder the demo set would be written into holds data the project
+    did not write."""
+
+
+def read_marker(root: Union[str, Path]) -> Optional[Dict]:
+    """The generation parameters recorded in ``root``'s marker, or None when
+    ``root`` has no marker written by :func:`make_demo_data`. A set still
+    being written (or interrupted) has ``"state": "writing"``."""
+    marker = Path(root) / _MARKER
+    try:
+        params = json.loads(marker.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(params, dict) or 'version' not in params:
+        return None
+    return params
+
+
+def check_demo_root(root: Union[str, Path]) -> None:
+    """Raise :class:`ForeignDataError` unless the demo set may be written
+    into ``root``: missing, an empty folder, or one marked as a demo set."""
+    root = Path(root)
+    if not root.exists() or read_marker(root) is not None:
+        return
+    if root.is_dir() and not any(root.iterdir()):
+        return
+    raise ForeignDataError(
+        f'{root} is not a demo data folder: it holds files that '
+        f'beit_plugin did not write (no {_MARKER} marker), so the demo set '
+        'is not generated there and nothing in it is touched. For the demo, '
+        'point data_root at a new or empty folder (e.g. data/demo/imagenet, '
+        "data/demo/ade); for your own images use a dataset of your own, "
+        "e.g. type='CustomDataset' (see README, \"Your own data\", and "
+        'configs/own_data/).')
+
+
+def _remove_written(root: Path, params: Dict) -> None:
+    """Delete the files a set made with ``params`` consists of, then the
+    demo folders they leave empty; anything else under ``root`` stays."""
+    for relative in _written_files(params):
+        (root / relative).unlink(missing_ok=True)
+    for relative in _written_folders():
+        try:
+            (root / relative).rmdir()
+        except OSError:  # missing, or holds files we did not write
+            pass
+
+
 def _make_classification(root: Path, seed: int, size: int,
                          counts: Dict[str, int], quality: int) -> None:
     """Write ``root`` (the ``imagenet`` folder) in the ImageNet layout."""
     meta = root / 'meta'
-    meta.mkdir(parents=True)
+    meta.mkdir(parents=True, exist_ok=True)
     (meta / 'classes.txt').write_text('\n'.join(SHAPE_CLASSES) + '\n')
     jpeg = [cv2.IMWRITE_JPEG_QUALITY, quality]
     for split_id, (split, n) in enumerate(counts.items()):
         for name in SHAPE_CLASSES:
-            (root / split / name).mkdir(parents=True)
-        order = _rng(seed, _TASK_CLS, split_id, _STREAM_LABELS, 0)
-        classes = order.permutation(np.arange(n) % len(SHAPE_CLASSES))
+            (root / split / name).mkdir(parents=True, exist_ok=True)
         lines = []
-        for index, label in enumerate(classes):
+        for index, label in enumerate(
+                _classification_labels(seed, split_id, n)):
             name = SHAPE_CLASSES[label]
             rng = _rng(seed, _TASK_CLS, split_id, _STREAM_IMAGE, index)
             image, _ = _draw(rng, size, [name], _CLS_RADIUS)
-            relative = f'{name}/{name}_{index:05d}.JPEG'
+            relative = _classification_name(name, index)
             _write(root / split / relative, image, jpeg)
             lines.append(f'{relative} {label}\n')
         (meta / f'{split}.txt').write_text(''.join(lines))
@@ -318,9 +422,8 @@ def _make_segmentation(root: Path, seed: int, size: int,
     for split_id, (split, n) in enumerate(counts.items()):
         images, annotations = (root / 'images' / split,
                                root / 'annotations' / split)
-        images.mkdir(parents=True)
-        annotations.mkdir(parents=True)
-        prefix = 'ADE_train' if split == 'training' else 'ADE_val'
+        images.mkdir(parents=True, exist_ok=True)
+        annotations.mkdir(parents=True, exist_ok=True)
         order = _rng(seed, _TASK_SEG, split_id, _STREAM_LABELS, 0)
         shapes_per_image = order.integers(1, 4, n)
         classes = np.split(
@@ -331,7 +434,7 @@ def _make_segmentation(root: Path, seed: int, size: int,
             rng = _rng(seed, _TASK_SEG, split_id, _STREAM_IMAGE, index)
             names = [SHAPE_CLASSES[label] for label in classes[index]]
             image, labels = _draw(rng, size, names, _SEG_RADIUS)
-            stem = f'{prefix}_{index + 1:08d}'
+            stem = _segmentation_stem(split, index)
             _write(images / f'{stem}.jpg', image, jpeg)
             _write(annotations / f'{stem}.png',
                    _ignore_boundaries(labels, ignore_band),
@@ -382,13 +485,10 @@ def make_demo_data(root: Union[str, Path] = 'data/demo',
         seg_val=seg_val,
         ignore_band=ignore_band,
         jpeg_quality=jpeg_quality)
-    marker = root / _MARKER
-    if not force and marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == params:
-                return root
-        except json.JSONDecodeError:
-            pass
+    previous = read_marker(root)
+    if not force and previous == params:
+        return root
+    check_demo_root(root)
     if seed < 0:
         raise ValueError(f'seed must be non-negative, got {seed}')
     for name in ('cls_train', 'cls_val', 'seg_train', 'seg_val'):
@@ -396,9 +496,12 @@ def make_demo_data(root: Union[str, Path] = 'data/demo',
             raise ValueError(
                 f'{name} (a number of images) must be non-negative, got '
                 f'{params[name]}')
-    marker.unlink(missing_ok=True)
-    for sub in ('imagenet', 'ade'):
-        shutil.rmtree(root / sub, ignore_errors=True)
+    if previous is not None:
+        _remove_written(root, previous)
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / _MARKER
+    # first, so that an interrupted run leaves a folder known to be ours
+    marker.write_text(json.dumps(dict(params, state='writing')) + '\n')
     _make_classification(root / 'imagenet', seed, cls_size,
                          dict(train=cls_train, val=cls_val), jpeg_quality)
     _make_segmentation(root / 'ade', seed, seg_size,

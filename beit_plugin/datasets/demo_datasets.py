@@ -15,7 +15,8 @@ from mmpretrain.datasets import ImageNet
 from mmseg.datasets import ADE20KDataset
 
 from beit_plugin.registry import DATASETS
-from .demo_data import _MARKER, SEG_CLASSES, ensure_demo_data
+from .demo_data import (SEG_CLASSES, check_demo_root, ensure_demo_data,
+                        read_marker)
 
 
 def ensure_demo_root(data_root: str) -> None:
@@ -23,17 +24,24 @@ def ensure_demo_root(data_root: str) -> None:
     folder) unless a complete one is there.
 
     A complete set made with other parameters (e.g. a small one made by
-    ``make_demo_data`` for a test) is used as it is, not regenerated.
+    ``make_demo_data`` for a test) is used as it is, not regenerated. A
+    parent folder that holds anything but a demo set (e.g. ``data/`` for
+    ``data_root='data/imagenet'``, next to a user's own ImageNet) raises
+    :class:`~beit_plugin.datasets.demo_data.ForeignDataError` on every rank
+    before anything is written.
     """
     rank, world_size = get_dist_info()
     root = Path(data_root).parent
-    if rank == 0 and not (root / _MARKER).is_file():
-        # said aloud: a mistyped or not-yet-made root (e.g. a held-out set
-        # from tools/make_demo_data.py) would otherwise silently become a
-        # copy of the default set
-        print_log(f'{root} holds no complete demo set: generating the '
-                  'default one (seed 0) there', logger='current')
-        ensure_demo_data(root)
+    params = read_marker(root)
+    if params is None or 'state' in params:
+        check_demo_root(root)
+        if rank == 0:
+            # said aloud: a mistyped or not-yet-made root (e.g. a held-out
+            # set from tools/make_demo_data.py) would otherwise silently
+            # become a copy of the default set
+            print_log(f'{root} holds no complete demo set: generating the '
+                      'default one (seed 0) there', logger='current')
+            ensure_demo_data(root)
     if world_size > 1:
         barrier()
 
