@@ -67,7 +67,8 @@ import pickle
 import sys
 import types
 from contextlib import contextmanager
-from typing import IO, Any, Callable, Dict, Iterator, List, NoReturn, Union
+from typing import (IO, Any, Callable, Dict, Iterator, List, NoReturn,
+                    Optional, Union)
 from unittest import mock
 
 import numpy as np
@@ -269,7 +270,8 @@ def _checkpoint_safe_globals() -> Iterator[None]:
 
 
 def safe_torch_load(f: Union[str, os.PathLike, IO[bytes]],
-                    map_location: Any = None) -> Any:
+                    map_location: Any = None,
+                    source: Optional[str] = None) -> Any:
     """``torch.load`` a checkpoint without ever running code from it.
 
     Loads with ``weights_only=True`` (never ``False``), allowing only
@@ -279,6 +281,8 @@ def safe_torch_load(f: Union[str, os.PathLike, IO[bytes]],
     Args:
         f: Path or binary file object.
         map_location: As for :func:`torch.load`.
+        source: Where ``f`` came from (e.g. its URL), named in a refusal;
+            defaults to ``f``'s name.
 
     Returns:
         The loaded object.
@@ -291,7 +295,7 @@ def safe_torch_load(f: Union[str, os.PathLike, IO[bytes]],
         with _checkpoint_safe_globals():
             return torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        name = getattr(f, 'name', f)
+        name = source or getattr(f, 'name', f)
         # torch's first line names what is refused; drop its advice to allow it
         reason = str(err).split('WeightsUnpickler error:')[-1].strip()
         reason = reason.splitlines()[0].split(' Please use')[0]
@@ -323,11 +327,8 @@ def register_weights_only_checkpoint_loader() -> None:
     ``CheckpointLoader`` serves every path without a URL scheme (prefix
     ``''``) with it, so ``Runner.resume``, ``load_from`` and
     ``init_cfg=dict(type='Pretrained', checkpoint=<local file>)`` all load
-    with ``weights_only=True``. Remote schemes (``http://``, ``s3://``, ...)
-    keep MMEngine's loaders, which call ``torch.load`` without
-    ``weights_only``: torch's default ``True`` (so they refuse checkpoints
-    with a ``message_hub``), unless ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is
-    set.
+    with ``weights_only=True``. The remote schemes (``http://``, ``s3://``,
+    ...) are served by :mod:`beit_plugin.checkpoint_schemes`.
     """
     CheckpointLoader.register_scheme(
         prefixes='', loader=load_from_local_weights_only, force=True)
