@@ -57,9 +57,11 @@ def save_tokenizer(version: str, path: Path) -> Path:
         tokenizer = DALLEEncoder(n_hid=8, n_blk_per_group=1,
                                  vocab_size=VOCAB)
     else:
+        # a random codebook, as if trained: a frozen tokenizer refuses one
+        # still waiting for its k-means initialisation
         tokenizer = VQKDTokenizer(
             encoder=dict(arch=TINY_ARCH, img_size=IMG, patch_size=PATCH),
-            num_embed=VOCAB, embed_dims=8)
+            num_embed=VOCAB, embed_dims=8, kmeans_init=False)
     torch.save({'state_dict': tokenizer.state_dict()}, path)
     return path
 

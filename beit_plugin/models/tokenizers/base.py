@@ -9,6 +9,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmengine.model import BaseModel
+from mmengine.runner.checkpoint import (_load_checkpoint,
+                                        _load_checkpoint_with_prefix)
 
 Norm = Dict[str, Tuple[float, ...]]
 
@@ -80,6 +82,63 @@ class Tokenizer(BaseModel):
     def train(self, mode: bool = True) -> 'Tokenizer':
         """Set training mode; a frozen tokenizer stays in eval mode."""
         return super().train(mode and not self.frozen)
+
+    def init_weights(self) -> None:
+        """Initialise as MMEngine does, except when frozen.
+
+        A frozen tokenizer is a target generator: with random or partly
+        loaded weights it gives random targets and the pretraining learns
+        nothing, with no error. So it must have a ``Pretrained`` ``init_cfg``,
+        and its checkpoint loads strictly: every tensor of the tokenizer
+        present, nothing else under it (after the subclass's key adaptation,
+        e.g. official VQ-KD statistics), and :meth:`check_initialised` holds.
+
+        Raises:
+            ValueError: no ``Pretrained`` ``init_cfg``, a checkpoint that is
+                not of this tokenizer, or an uninitialised state in it.
+        """
+        if not self.frozen:
+            super().init_weights()
+            return
+        name = type(self).__name__
+        cfg = self.init_cfg
+        if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
+            raise ValueError(
+                f'{name} is a frozen target generator without weights '
+                f'(init_cfg={cfg!r}): its targets would be random. Give it '
+                "init_cfg=dict(type='Pretrained', checkpoint=<a checkpoint "
+                'of this tokenizer>).')
+        checkpoint = cfg['checkpoint']
+        if cfg.get('prefix'):
+            state = _load_checkpoint_with_prefix(cfg['prefix'], checkpoint,
+                                                 map_location='cpu')
+        else:
+            state = _load_checkpoint(checkpoint, map_location='cpu')
+            state = state.get('state_dict', state)
+        state = {k[len('module.'):] if k.startswith('module.') else k: v
+                 for k, v in state.items()}
+        incompatible = self.load_state_dict(state, strict=False)
+        problems = [
+            f'{label} {keys[:5]}{" ..." if len(keys) > 5 else ""} '
+            f'({len(keys)} in all)'
+            for label, keys in (('missing', incompatible.missing_keys),
+                                ('unexpected', incompatible.unexpected_keys))
+            if keys
+        ]
+        if problems:
+            raise ValueError(
+                f'{checkpoint} is not a checkpoint of this {name} (the frozen '
+                f'target generator loads strictly): {"; ".join(problems)}. '
+                'Check the tokenizer config (size, num_embed, embed_dims) '
+                'against the checkpoint, or convert a foreign one with '
+                'tools/convert_checkpoint.py.')
+        self.check_initialised(checkpoint)
+        self._is_init = True
+
+    def check_initialised(self, checkpoint: str) -> None:
+        """Raise ``ValueError`` if the weights loaded from ``checkpoint``
+        hold a state that was never trained (e.g. a codebook that k-means
+        never initialised); subclasses with such state override this."""
 
     def get_codebook_indices(self, img: torch.Tensor) -> torch.Tensor:
         """Token ids of images.

@@ -183,6 +183,15 @@ class VQKDTokenizer(Tokenizer):
             return self.quantize.get_indices(
                 self.encode_task_layer(feats.float()))
 
+    def check_initialised(self, checkpoint: str) -> None:
+        """A codebook still waiting for its k-means initialisation (saved
+        before the first training step) is refused."""
+        if not self.quantize.embedding.initted.item():
+            raise ValueError(
+                f'{checkpoint}: the codebook of this VQ-KD tokenizer was never '
+                'initialised (quantize.embedding.initted is 0: saved before '
+                'its first training step), so its token ids are meaningless')
+
     def _drop_teacher(self, module: nn.Module, state_dict: Dict, prefix: str,
                       local_metadata: Dict) -> None:
         """``state_dict`` hook: the teacher is rebuilt from its own
