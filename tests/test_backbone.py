@@ -77,6 +77,11 @@ def test_mask_errors_are_clear():
     with pytest.raises(ValueError, match=r'\(1, 9\)'):
         tiny(use_mask_token=True)(torch.randn(1, 3, 32, 32),
                                   torch.zeros(1, 9, dtype=bool))
+    # as many patches as the 4 x 4 grid, but another grid: refused
+    with pytest.raises(ValueError, match=r'mask of shape \(1, 2, 8\) is not '
+                       r'on the \(4, 4\) patch grid'):
+        tiny(use_mask_token=True)(torch.randn(1, 3, 32, 32),
+                                  torch.zeros(1, 2, 8, dtype=bool))
 
 
 def test_input_not_multiple_of_patch_names_both_shapes():

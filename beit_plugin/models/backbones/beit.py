@@ -333,11 +333,16 @@ class BEiT(BaseBackbone):
 
         Args:
             x: ``(B, C_in, H_img, W_img)`` images.
-            mask: ``(B, N)`` or ``(B, H, W)`` bool, True where the patch is
-                masked (replaced by the mask token).
+            mask: ``(B, H, W)`` bool on the patch grid (or ``(B, N)``,
+                row-major), True where the patch is masked (replaced by the
+                mask token).
 
         Returns:
             ``(B, 1+N, C)`` tokens and the patch grid ``(H, W)``.
+
+        Raises:
+            ValueError: a mask of another grid, even with as many patches
+                (it would mask the wrong places).
         """
         h_img, w_img = x.shape[-2:]
         if h_img % self.patch_size or w_img % self.patch_size:
@@ -353,6 +358,11 @@ class BEiT(BaseBackbone):
             if self.mask_token is None:
                 raise ValueError('a mask was passed but the backbone has no '
                                  'mask token (use_mask_token=False)')
+            if mask.dim() == 3 and tuple(mask.shape[1:]) != grid:
+                raise ValueError(
+                    f'mask of shape {tuple(mask.shape)} is not on the '
+                    f'{grid} patch grid of the {h_img} x {w_img} px input: '
+                    'make the mask generator\'s input_size that grid')
             mask = mask.reshape(mask.shape[0], -1)
             if mask.shape != x.shape[:2]:
                 raise ValueError(
