@@ -4,6 +4,11 @@ mmcv is not a hard requirement, so that an existing full (compiled) mmcv is
 never replaced: pick ``.[lite]`` (pure-Python mmcv-lite, enough for BEiT) or
 ``.[full]`` (compiled mmcv, built from source unless a wheel matches your
 torch), or install mmcv yourself first.
+
+The package carries the repository's configs, tools and demo tokenizer in
+``beit_plugin/.mim`` (see :mod:`beit_plugin.package_files`): relative symlinks
+in the checkout, which an editable install uses as they are; building a wheel
+copies the files they point to (``package_data`` follows the links).
 """
 from setuptools import find_packages, setup
 
@@ -16,6 +21,15 @@ setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.9',
     packages=find_packages(include=['beit_plugin', 'beit_plugin.*']),
+    # `**` needs setuptools >= 62.3 to build (pip's isolated build has it)
+    package_data={'beit_plugin': [
+        '.mim/configs/**/*.py',
+        '.mim/configs/**/*.yml',  # metafiles, when present
+        '.mim/tools/*.py',
+        '.mim/tools/*.sh',
+        '.mim/model-index.yml',
+        '.mim/checkpoints/vqkd_demo_hog.pth',  # the embedded default's targets
+    ]},
     install_requires=[
         'torch>=2.6',  # torch.serialization.safe_globals
         'torchvision',  # mmpretrain imports it without declaring it

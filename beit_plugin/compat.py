@@ -34,7 +34,9 @@ is idempotent), before any upstream model, dataset or runner is built:
 6. :func:`replace_pkg_resources_helpers`: MMEngine's ``is_installed`` /
    ``get_installed_path`` import ``pkg_resources``, which setuptools >= 81 no
    longer ships, so a config inheriting ``mmpretrain::`` / ``mmseg::`` bases
-   fails to load. They are replaced by :mod:`importlib.metadata` versions.
+   fails to load. They are replaced by :mod:`importlib.metadata` versions,
+   whose ``get_installed_path`` also finds the package of an editable
+   install (``beit_plugin::`` bases in a checkout).
    (A config is parsed before its ``custom_imports`` run, so tools that do
    not import ``beit_plugin`` first, e.g. MMSegmentation's own
    ``tools/train.py``, still need ``pkg_resources``: ``setup.py`` therefore
@@ -290,10 +292,34 @@ def safe_torch_load(f: Union[str, os.PathLike, IO[bytes]],
     Raises:
         UnsafeCheckpointError: The file needs another type or function, i.e.
             it would run code or is not a plain (MMEngine) checkpoint.
+        RuntimeError: The file is a truncated checkpoint (empty, or cut off
+            while it was being written).
     """
     try:
         with _checkpoint_safe_globals():
             return torch.load(f, map_location=map_location, weights_only=True)
+    except (EOFError, OSError, RuntimeError, ValueError) as err:
+        # torch.save writes a zip archive; cut off, it lacks the archive's end
+        # record and torch fails by where it was cut: EOFError (empty file),
+        # "failed reading zip archive", or a negative seek in the central
+        # directory (EINVAL on a file, ValueError on a buffer). Other errors
+        # of these types, or of an archive with its end record, are not
+        # truncation.
+        import errno
+        import zipfile
+        cut_archive = (
+            isinstance(err, RuntimeError)
+            and 'failed reading zip archive' in str(err)
+            or isinstance(err, OSError) and err.errno == errno.EINVAL
+            or isinstance(err, ValueError) and 'negative seek' in str(err))
+        if not (isinstance(err, EOFError)
+                or cut_archive and not zipfile.is_zipfile(f)):
+            raise
+        name = source or getattr(f, 'name', f)
+        raise RuntimeError(
+            f'Cannot load {str(name)!r}: truncated checkpoint (the file ends '
+            'early, as when saving it was interrupted: killed, out of disk '
+            'space). Load an earlier checkpoint.') from err
     except pickle.UnpicklingError as err:
         name = source or getattr(f, 'name', f)
         # torch's first line names what is refused; drop its advice to allow it
@@ -475,22 +501,40 @@ def is_installed(package: str) -> bool:
     return spec is not None and spec.origin is not None
 
 
+def _module_dir(module: str) -> Optional[str]:
+    """The folder the import system loads ``module`` from, or None."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return None
+    return os.path.dirname(spec.origin)
+
+
 def get_installed_path(package: str) -> str:
     """The folder of ``package``'s top-level module, like MMEngine's helper
-    (``mmcv-lite`` -> ``.../site-packages/mmcv``)."""
+    (``mmcv-lite`` -> ``.../site-packages/mmcv``).
+
+    An editable install (PEP 660) leaves only metadata and an import hook
+    beside other packages, so its module is not next to its metadata, where
+    MMEngine's helper looks (``beit-plugin`` -> ``<checkout>/beit_plugin``, not
+    ``.../site-packages/beit_plugin``): then the import system says where it
+    is.
+    """
     dist = _distribution(package)
     if dist is None:
-        spec = importlib.util.find_spec(package)
-        if spec is None or spec.origin is None:
+        path = _module_dir(package)
+        if path is None:
             raise importlib.metadata.PackageNotFoundError(package)
-        return os.path.dirname(spec.origin)
+        return path
     location = str(dist.locate_file(''))
     path = os.path.join(location, package)
     if os.path.exists(path):
         return path
     top_level = (dist.read_text('top_level.txt') or '').split()
     module = top_level[0] if top_level else package.replace('-', '_')
-    return os.path.join(location, module)
+    path = os.path.join(location, module)
+    if os.path.exists(path):
+        return path
+    return _module_dir(module) or path
 
 
 def replace_pkg_resources_helpers() -> None:

@@ -15,15 +15,17 @@ default_scope = 'beit_plugin'
 img_size = 64
 patch_size = 8
 grid = img_size // patch_size  # 8 x 8 patches
-tokenizer_checkpoint = 'checkpoints/vqkd_demo_hog.pth'
+# shipped beside the configs (the repository's checkpoints/, or the installed
+# package's .mim/checkpoints/), found from any working directory
+tokenizer_checkpoint = '{{fileDirname}}/../checkpoints/vqkd_demo_hog.pth'
 arch = dict(embed_dims=192, num_layers=6, num_heads=6,
             feedforward_channels=768)
 early_layers = 4
 
 model = dict(
-    type='BEiTPretrainer',
+    type='beit_plugin.BEiTPretrainer',
     backbone=dict(
-        type='BEiT',
+        type='beit_plugin.BEiT',
         arch=arch,
         img_size=img_size,
         patch_size=patch_size,
@@ -33,7 +35,7 @@ model = dict(
         use_shared_rel_pos_bias=True,
         layer_scale_init_value=0.1),
     neck=dict(
-        type='BEiTV2PatchAggregation',
+        type='beit_plugin.BEiTV2PatchAggregation',
         embed_dims=arch['embed_dims'],
         num_heads=arch['num_heads'],
         feedforward_channels=arch['feedforward_channels'],
@@ -41,10 +43,10 @@ model = dict(
         early_layers=early_layers,
         backbone_layers=arch['num_layers'],
         layer_scale_init_value=0.1),
-    head=dict(type='BEiTMIMHead', in_channels=arch['embed_dims'],
+    head=dict(type='beit_plugin.BEiTMIMHead', in_channels=arch['embed_dims'],
               num_embed=512),
     target_generator=dict(
-        type='VQKDTokenizer',
+        type='beit_plugin.VQKDTokenizer',
         encoder=dict(
             arch=dict(embed_dims=128, num_layers=4, num_heads=4,
                       feedforward_channels=512),
@@ -106,7 +108,10 @@ param_scheduler = [
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
-    checkpoint=dict(type='CheckpointHook', interval=500, by_epoch=False,
-                    max_keep_ckpts=2, save_last=True))
+    # complete checkpoints or none; old ones deleted once the new one is in
+    checkpoint=dict(type='beit_plugin.AtomicCheckpointHook', interval=500,
+                    by_epoch=False, max_keep_ckpts=2, save_last=True))
+# stop at a NaN / infinite loss or gradient norm; never save such weights
+custom_hooks = [dict(type='beit_plugin.NonFiniteCheckHook')]
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)

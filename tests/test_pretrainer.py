@@ -130,3 +130,15 @@ def test_pixel_regression_learns_masked_patches_only(v2):
             torch.testing.assert_close(
                 model.loss(inputs, samples)['loss_mim'],
                 ((model.head(feats, mask) - target[mask])**2).mean())
+
+
+def test_mask_of_another_grid_with_as_many_patches_is_refused():
+    """A mask generator with input_size=(2, 8) on the 4 x 4 grid: as many
+    patches, misplaced masks; refused, not trained on."""
+    model = build(True)
+    inputs, samples = batch()
+    for sample in samples:
+        sample.set_field(sample.mask.reshape(2, 8), 'mask')
+    with pytest.raises(ValueError, match=r'mask of shape \(4, 2, 8\) is not '
+                       r'on the \(4, 4\) patch grid'):
+        model.loss(inputs, samples)

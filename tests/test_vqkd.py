@@ -442,7 +442,6 @@ def test_shipped_demo_tokenizer_loads_and_uses_its_codebook(tmp_path):
     root = Path(__file__).resolve().parents[1]
     cfg = Config.fromfile(root / 'configs' / 'beit_pretrain.py')
     tok_cfg = cfg.model.target_generator
-    tok_cfg.init_cfg.checkpoint = str(root / tok_cfg.init_cfg.checkpoint)
     tokenizer = MODELS.build(tok_cfg)
     tokenizer.init_weights()
     saved = torch.load(tok_cfg.init_cfg.checkpoint, weights_only=True)

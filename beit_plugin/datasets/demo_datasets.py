@@ -15,8 +15,8 @@ from mmpretrain.datasets import ImageNet
 from mmseg.datasets import ADE20KDataset
 
 from beit_plugin.registry import DATASETS
-from .demo_data import (SEG_CLASSES, check_demo_root, ensure_demo_data,
-                        read_marker)
+from .demo_data import (SEG_CLASSES, SHAPE_CLASSES, check_demo_root,
+                        ensure_demo_data, read_marker)
 
 
 def ensure_demo_root(data_root: str) -> None:
@@ -56,6 +56,9 @@ class DemoImageNet(ImageNet):
         **kwargs: as :class:`mmpretrain.datasets.ImageNet` (``split``,
             ``pipeline`` ...); ``classes`` defaults to ``meta/classes.txt``.
     """
+    # what a model built from a demo config without a checkpoint's meta
+    # (MMPretrain's get_model, the inferencers) names its classes
+    METAINFO = dict(classes=SHAPE_CLASSES)
 
     def __init__(self, data_root: str = 'data/demo/imagenet',
                  **kwargs) -> None:

@@ -11,8 +11,8 @@ _base_ = '../beit_pretrain.py'
 
 patch_size = 8  # as the base's
 model = dict(
-    head=dict(_delete_=True, type='PixelRegressionHead',
+    head=dict(_delete_=True, type='beit_plugin.PixelRegressionHead',
               in_channels=192,
               out_channels=patch_size * patch_size * 3),
-    target_generator=dict(_delete_=True, type='PatchPixels',
+    target_generator=dict(_delete_=True, type='beit_plugin.PatchPixels',
                           patch_size=patch_size))

@@ -10,9 +10,9 @@ _base_ = './beit_vit-base-p16_8xb256-amp-coslr-300e_in1k.py'
 img_size = 224
 patch_size = 16
 model = dict(
-    head=dict(_delete_=True, type='PixelRegressionHead', in_channels=768,
+    head=dict(_delete_=True, type='beit_plugin.PixelRegressionHead', in_channels=768,
               out_channels=patch_size * patch_size * 3),
-    target_generator=dict(_delete_=True, type='PatchPixels',
+    target_generator=dict(_delete_=True, type='beit_plugin.PatchPixels',
                           patch_size=patch_size))
 train_pipeline = [
     dict(type='LoadImageFromFile'),

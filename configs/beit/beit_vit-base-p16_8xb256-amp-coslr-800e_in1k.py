@@ -26,9 +26,9 @@ layer_scale_init_value = 0.1
 
 model = dict(
     _delete_=True,
-    type='BEiTPretrainer',
+    type='beit_plugin.BEiTPretrainer',
     backbone=dict(
-        type='BEiT',
+        type='beit_plugin.BEiT',
         arch='base',
         img_size=img_size,
         patch_size=patch_size,
@@ -39,9 +39,9 @@ model = dict(
         layer_scale_init_value=layer_scale_init_value,
         final_norm=True,
         out_type='raw'),
-    head=dict(type='BEiTMIMHead', in_channels=768, num_embed=8192),
+    head=dict(type='beit_plugin.BEiTMIMHead', in_channels=768, num_embed=8192),
     target_generator=dict(
-        type='DALLEEncoder',
+        type='beit_plugin.DALLEEncoder',
         frozen=True,
         init_cfg=dict(type='Pretrained', checkpoint=tokenizer_checkpoint)))
 
@@ -90,5 +90,8 @@ param_scheduler = [
          begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
+# the base's checkpoints, written atomically; stop at a NaN / infinite loss
+default_hooks = dict(checkpoint=dict(type='beit_plugin.AtomicCheckpointHook'))
+custom_hooks = [dict(type='beit_plugin.NonFiniteCheckHook')]
 # the tokenizer has no gradients; every trained parameter is used
 find_unused_parameters = False

@@ -34,9 +34,9 @@ layer_scale_init_value = 0.1
 
 model = dict(
     _delete_=True,
-    type='BEiTPretrainer',
+    type='beit_plugin.BEiTPretrainer',
     backbone=dict(
-        type='BEiT',
+        type='beit_plugin.BEiT',
         arch=arch,
         img_size=img_size,
         patch_size=patch_size,
@@ -49,7 +49,7 @@ model = dict(
         final_norm=False,  # the norm is shared with the aggregation branch
         out_type='raw'),
     neck=dict(
-        type='BEiTV2PatchAggregation',
+        type='beit_plugin.BEiTV2PatchAggregation',
         embed_dims=embed_dims,
         num_heads=embed_dims // 64,
         feedforward_channels=embed_dims * 4,
@@ -58,9 +58,9 @@ model = dict(
         backbone_layers=num_layers,
         drop_path_rate=drop_path_rate,
         layer_scale_init_value=layer_scale_init_value),
-    head=dict(type='BEiTMIMHead', in_channels=embed_dims, num_embed=8192),
+    head=dict(type='beit_plugin.BEiTMIMHead', in_channels=embed_dims, num_embed=8192),
     target_generator=dict(
-        type='VQKDTokenizer',
+        type='beit_plugin.VQKDTokenizer',
         encoder=dict(arch='base', img_size=img_size, patch_size=patch_size),
         num_embed=8192,
         embed_dims=32,
@@ -111,5 +111,8 @@ param_scheduler = [
          begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
+# the base's checkpoints, written atomically; stop at a NaN / infinite loss
+default_hooks = dict(checkpoint=dict(type='beit_plugin.AtomicCheckpointHook'))
+custom_hooks = [dict(type='beit_plugin.NonFiniteCheckHook')]
 # the tokenizer has no gradients; every trained parameter is used
 find_unused_parameters = False

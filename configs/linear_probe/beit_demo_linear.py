@@ -83,7 +83,12 @@ train_cfg = dict(_delete_=True, type='IterBasedTrainLoop',
                  max_iters=max_iters, val_interval=val_interval)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=25),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100,
-                    max_keep_ckpts=1, save_last=True, save_best='auto'))
+    checkpoint=dict(type='beit_plugin.AtomicCheckpointHook', by_epoch=False,
+                    interval=100, max_keep_ckpts=1, save_last=True,
+                    save_best='auto'))
 log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(enable=False)
+# refuses, before training, a data set whose class count is not num_classes;
+# stops at a NaN / infinite loss or gradient norm
+custom_hooks = [dict(type='beit_plugin.ClassCountCheckHook'),
+                dict(type='beit_plugin.NonFiniteCheckHook')]

@@ -42,7 +42,7 @@ data_preprocessor = dict(num_classes=num_classes)
 model = dict(
     type='ImageClassifier',
     backbone=dict(
-        type='BEiT',
+        type='beit_plugin.BEiT',
         arch='base',
         img_size=224,
         patch_size=16,
@@ -56,7 +56,7 @@ model = dict(
         layer_scale_init_value=0.1,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained,
                       prefix='backbone.')),
-    neck=dict(type='FeatureBatchNorm', in_channels=embed_dims),
+    neck=dict(type='beit_plugin.FeatureBatchNorm', in_channels=embed_dims),
     head=dict(
         type='LinearClsHead',
         num_classes=num_classes,
@@ -86,6 +86,9 @@ param_scheduler = [
 ]
 train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=1)
 default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2,
-                    save_best='auto'))
+    # complete checkpoints or none; old ones deleted once the new one is in
+    checkpoint=dict(type='beit_plugin.AtomicCheckpointHook', interval=1,
+                    max_keep_ckpts=2, save_best='auto'))
+# stop at a NaN / infinite loss or gradient norm; never save such weights
+custom_hooks = [dict(type='beit_plugin.NonFiniteCheckHook')]
 randomness = dict(seed=0)

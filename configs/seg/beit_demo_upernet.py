@@ -114,6 +114,7 @@ train_dataloader = dict(
     sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(
         type='beit_plugin.DemoADE20K',
+        _scope_='mmseg',  # see val_evaluator
         data_root='data/demo/ade',
         data_prefix=dict(
             img_path='images/training', seg_map_path='annotations/training'),
@@ -125,13 +126,18 @@ val_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type='beit_plugin.DemoADE20K',
+        _scope_='mmseg',
         data_root='data/demo/ade',
         data_prefix=dict(
             img_path='images/validation',
             seg_map_path='annotations/validation'),
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+# MMSegmentation's components are named without a scope, so they are built
+# in the mmseg scope wherever this config is inherited from: MMEngine gives
+# a `beit_plugin::seg/...` base's dicts the beit_plugin scope, which does not
+# reach MMSegmentation's registries
+val_evaluator = dict(type='IoUMetric', _scope_='mmseg', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
 # the base-size recipe's optimizer (AdamW, weight decay 0.05, layer-wise
@@ -165,7 +171,12 @@ test_cfg = dict(type='TestLoop')
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=100, log_metric_by_epoch=False),
     checkpoint=dict(
-        type='CheckpointHook', by_epoch=False, interval=max_iters),
-    visualization=dict(type='SegVisualizationHook'))
+        type='beit_plugin.AtomicCheckpointHook', by_epoch=False,
+        interval=max_iters),
+    visualization=dict(type='SegVisualizationHook', _scope_='mmseg'))
 env_cfg = dict(cudnn_benchmark=False)
 randomness = dict(seed=0)
+# refuses, before training, a data set whose class count is not num_classes;
+# stops at a NaN / infinite loss or gradient norm
+custom_hooks = [dict(type='beit_plugin.ClassCountCheckHook'),
+                dict(type='beit_plugin.NonFiniteCheckHook')]

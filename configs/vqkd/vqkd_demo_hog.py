@@ -123,9 +123,10 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
     checkpoint=dict(
-        type='CheckpointHook', interval=500, by_epoch=False,
+        type='beit_plugin.AtomicCheckpointHook', interval=500, by_epoch=False,
         max_keep_ckpts=2))
-custom_hooks = [dict(type='CodebookUsageHook', window=100)]
+custom_hooks = [dict(type='CodebookUsageHook', window=100),
+                dict(type='beit_plugin.NonFiniteCheckHook')]
 log_processor = dict(
     by_epoch=False,
     # CodebookUsageHook averages over its own window: log its last value

@@ -111,8 +111,10 @@ auto_scale_lr = dict(base_batch_size=512)
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=100),
-    checkpoint=dict(type='CheckpointHook', interval=20, max_keep_ckpts=2))
-custom_hooks = [dict(type='CodebookUsageHook', window=100)]
+    checkpoint=dict(type='beit_plugin.AtomicCheckpointHook', interval=20,
+                    max_keep_ckpts=2))
+custom_hooks = [dict(type='CodebookUsageHook', window=100),
+                dict(type='beit_plugin.NonFiniteCheckHook')]
 # CodebookUsageHook averages over its own window: log its last value
 log_processor = dict(custom_cfg=[
     dict(data_src='codebook/usage', method_name='mean', window_size=1),

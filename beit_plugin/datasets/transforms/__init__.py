@@ -1,3 +1,7 @@
+from .loading import CheckedLoadAnnotations, CheckedLoadImageFromFile
 from .masking import BlockwiseMaskGenerator
 
-__all__ = ['BlockwiseMaskGenerator']
+__all__ = [
+    'BlockwiseMaskGenerator', 'CheckedLoadAnnotations',
+    'CheckedLoadImageFromFile'
+]

@@ -1,3 +1,9 @@
+from .atomic_checkpoint import AtomicCheckpointHook
+from .class_count_check import ClassCountCheckHook
 from .codebook_usage import CodebookUsageHook
+from .non_finite_check import NonFiniteCheckHook
 
-__all__ = ['CodebookUsageHook']
+__all__ = [
+    'AtomicCheckpointHook', 'ClassCountCheckHook', 'CodebookUsageHook',
+    'NonFiniteCheckHook'
+]

@@ -1,5 +1,5 @@
 """BEiT v1 / v2 masked image modeling: the algorithm that ties the parts."""
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from mmpretrain.models.selfsup.base import BaseSelfSupervisor
@@ -15,6 +15,21 @@ def _build(cfg: Union[dict, nn.Module, None]) -> Optional[nn.Module]:
     if cfg is None or isinstance(cfg, nn.Module):
         return cfg
     return MODELS.build(cfg)
+
+
+_TOKENIZER_ADVICE = (
+    'use a tokenizer made for the backbone\'s grid and point '
+    'model.target_generator (its init_cfg.checkpoint, and a VQ-KD encoder\'s '
+    'img_size / patch_size) at it: convert the official VQ-KD (224 px, '
+    '16 px patches) or DALL-E weights with tools/convert_checkpoint.py '
+    '(--model vqkd / dalle), or train one with a configs/vqkd/ config '
+    '(checkpoints/vqkd_demo_hog.pth is the 64 px, 8 px-patch demo\'s)')
+
+
+def _grid_text(patch_size: int, grid: Sequence[int], what: str) -> str:
+    """``'224 x 224 px images in 16 px patches -> (14, 14) patches'``."""
+    return (f'{grid[0] * patch_size} x {grid[1] * patch_size} px images in '
+            f'{patch_size} px patches -> {tuple(grid)} {what}')
 
 
 @MODELS.register_module()
@@ -61,6 +76,7 @@ class BEiTPretrainer(BaseSelfSupervisor):
         self.target_generator.requires_grad_(False)
         self.target_generator.eval()
         self._check_second_view_norm()
+        self._check_tokenizer_grid()
 
     def _check_second_view_norm(self) -> None:
         """Refuse a data preprocessor whose second normalisation is not the
@@ -87,6 +103,60 @@ class BEiTPretrainer(BaseSelfSupervisor):
                 f'{type(self.target_generator).__name__}: set them to the '
                 'tokenizer\'s values')
 
+    def _check_tokenizer_grid(self) -> None:
+        """Refuse a tokenizer built for another token grid than the
+        backbone's patch grid, where the config fixes both (a VQ-KD encoder
+        has an ``img_size``; the DALL-E encoder and ``PatchPixels`` follow
+        their input, checked in :meth:`loss`).
+
+        Raises:
+            ValueError: names both grids and what to do.
+        """
+        encoder = getattr(self.target_generator, 'encoder', None)
+        grid = getattr(encoder, 'patch_grid', None)
+        if grid is None or tuple(grid) == tuple(self.backbone.patch_grid):
+            return
+        tokenizer = _grid_text(encoder.patch_size, grid, 'tokens')
+        backbone = _grid_text(self.backbone.patch_size,
+                              self.backbone.patch_grid, 'patches')
+        raise ValueError(
+            f'the tokenizer {type(self.target_generator).__name__} is built '
+            f'for {tokenizer} but the backbone for {backbone}; MIM needs one '
+            f'target token per patch: {_TOKENIZER_ADVICE}')
+
+    def _check_targets(self, target: torch.Tensor, images: torch.Tensor,
+                       target_images: torch.Tensor) -> None:
+        """Refuse targets that are not one per backbone patch of this batch
+        (shapes only, no device sync).
+
+        Args:
+            target: ``(B, N_t)`` token ids (or ``(B, N_t, D)`` pixels).
+            images: ``(B, 3, H, W)`` backbone input.
+            target_images: ``(B, 3, H_t, W_t)`` the tokenizer's view.
+
+        Raises:
+            ValueError: names both grids and what to do.
+        """
+        p = self.backbone.patch_size
+        grid = (images.shape[2] // p, images.shape[3] // p)
+        step = getattr(self.target_generator, 'downsample', None) or \
+            getattr(self.target_generator, 'patch_size', None)
+        token_grid = None if step is None else (
+            target_images.shape[2] // step, target_images.shape[3] // step)
+        if target.shape[1] == grid[0] * grid[1] and \
+                token_grid in (None, grid):
+            return
+        view = f'{target_images.shape[2]} x {target_images.shape[3]} px view'
+        if step is not None:
+            view += f' in {step} px patches -> {token_grid} tokens'
+        raise ValueError(
+            f'targets of shape {tuple(target.shape)} from the tokenizer '
+            f'{type(self.target_generator).__name__} (its {view}) do not '
+            f'match the backbone\'s {(images.shape[0], grid[0] * grid[1])} '
+            f'(batch, patches) (its {_grid_text(p, grid, "patches")}): set '
+            'the pipeline\'s second_size so that the tokenizer sees the '
+            f'backbone\'s grid, or {_TOKENIZER_ADVICE}')
+
     def train(self, mode: bool = True) -> 'BEiTPretrainer':
         """Set training mode; the tokenizer always stays in eval mode."""
         super().train(mode)
@@ -108,19 +178,16 @@ class BEiTPretrainer(BaseSelfSupervisor):
             The head's losses (``loss_mim``...) and ``acc_mim``.
         """
         images, target_images = inputs[0], inputs[1]
+        # (B, H_p, W_p): the backbone refuses a mask of another grid, even
+        # one with as many patches
         mask = torch.stack([
             torch.as_tensor(sample.mask) for sample in data_samples
-        ]).to(images.device).flatten(1).bool()
+        ]).to(images.device).bool()
         make_target = getattr(self.target_generator, 'get_codebook_indices',
                               self.target_generator)
         with torch.no_grad():
             target = make_target(target_images)
-        if target.shape[:2] != mask.shape:
-            raise ValueError(
-                f'targets of shape {tuple(target.shape)} do not match '
-                f'the mask of shape {tuple(mask.shape)}: the tokenizer must '
-                'see the same patch grid as the backbone (check the second '
-                'view size and the mask input_size)')
+        self._check_targets(target, images, target_images)
         feats = self.backbone(images, mask)
         if self.with_neck:
             p = self.backbone.patch_size
@@ -130,4 +197,4 @@ class BEiTPretrainer(BaseSelfSupervisor):
             feats = self.neck(feats, grid, bias)
         else:
             feats = feats[-1][:, 1:]
-        return self.head.loss(feats, target, mask)
+        return self.head.loss(feats, target, mask.flatten(1))

@@ -95,3 +95,6 @@ param_scheduler = [
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000,
                  val_interval=16000)
+# the base's checkpoints, written atomically; stop at a NaN / infinite loss
+default_hooks = dict(checkpoint=dict(type='beit_plugin.AtomicCheckpointHook'))
+custom_hooks = [dict(type='beit_plugin.NonFiniteCheckHook')]
