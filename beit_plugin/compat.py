@@ -59,6 +59,7 @@ is idempotent), before any upstream model, dataset or runner is built:
 """
 import argparse
 import copy
+import errno
 import functools
 import importlib.machinery
 import importlib.metadata
@@ -68,6 +69,7 @@ import os
 import pickle
 import sys
 import types
+import zipfile
 from contextlib import contextmanager
 from typing import (IO, Any, Callable, Dict, Iterator, List, NoReturn,
                     Optional, Union)
@@ -271,6 +273,26 @@ def _checkpoint_safe_globals() -> Iterator[None]:
         yield
 
 
+class TruncatedCheckpointError(RuntimeError):
+    """A checkpoint file that ends early (saving it was interrupted)."""
+
+
+class NotACheckpointError(ValueError):
+    """A file given as a checkpoint that ``torch.save`` did not write."""
+
+
+def _head(f: Union[str, os.PathLike, IO[bytes]], size: int) -> bytes:
+    """The first ``size`` bytes of a path or of a file object (whose
+    position is kept)."""
+    if isinstance(f, (str, os.PathLike)):
+        with open(f, 'rb') as file:
+            return file.read(size)
+    position = f.tell()
+    head = f.read(size)
+    f.seek(position)
+    return head
+
+
 def safe_torch_load(f: Union[str, os.PathLike, IO[bytes]],
                     map_location: Any = None,
                     source: Optional[str] = None) -> Any:
@@ -292,9 +314,23 @@ def safe_torch_load(f: Union[str, os.PathLike, IO[bytes]],
     Raises:
         UnsafeCheckpointError: The file needs another type or function, i.e.
             it would run code or is not a plain (MMEngine) checkpoint.
-        RuntimeError: The file is a truncated checkpoint (empty, or cut off
-            while it was being written).
+        TruncatedCheckpointError: The file is a truncated checkpoint
+            (empty, or cut off while it was being written).
+        NotACheckpointError: The file is neither of torch.save's formats
+            (an image, a text file ...).
     """
+    head = _head(f, 2)
+    # torch.save writes a zip archive ("PK"), or in its legacy format a
+    # pickle (protocol 2: b"\x80\x02"); anything else would fail inside
+    # torch's legacy reader with e.g. "KeyError: 101", or look like a pickle
+    # refused as unsafe
+    if head and not head.startswith((b'PK', b'\x80')):
+        name = source or getattr(f, 'name', f)
+        raise NotACheckpointError(
+            f'{str(name)!r} is not a checkpoint: it begins with {head!r}, '
+            'while a file written by torch.save is a zip archive (or, in '
+            'the legacy format, a pickle). Was an image, a config or a log '
+            'given as the checkpoint?')
     try:
         with _checkpoint_safe_globals():
             return torch.load(f, map_location=map_location, weights_only=True)
@@ -305,8 +341,6 @@ def safe_torch_load(f: Union[str, os.PathLike, IO[bytes]],
         # directory (EINVAL on a file, ValueError on a buffer). Other errors
         # of these types, or of an archive with its end record, are not
         # truncation.
-        import errno
-        import zipfile
         cut_archive = (
             isinstance(err, RuntimeError)
             and 'failed reading zip archive' in str(err)
@@ -316,7 +350,7 @@ def safe_torch_load(f: Union[str, os.PathLike, IO[bytes]],
                 or cut_archive and not zipfile.is_zipfile(f)):
             raise
         name = source or getattr(f, 'name', f)
-        raise RuntimeError(
+        raise TruncatedCheckpointError(
             f'Cannot load {str(name)!r}: truncated checkpoint (the file ends '
             'early, as when saving it was interrupted: killed, out of disk '
             'space). Load an earlier checkpoint.') from err

@@ -59,7 +59,7 @@ model = dict(
     data_preprocessor={{_base_.data_preprocessor}})
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='beit_plugin.CheckedLoadImageFromFile'),
     dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4,
          hue=0.),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),

@@ -470,7 +470,8 @@ def test_dist_train_two_processes(toy_config: Path, tmp_path: Path) -> None:
                  tmp_path,
                  PORT=str(free_port()),
                  PYTHON=sys.executable)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, (result.stdout[-2000:] +
+                                    result.stderr[-3000:])
     ranks = [
         torch.load(work_dir / f'params_rank{r}.pth', weights_only=True)
         for r in (0, 1)

@@ -420,8 +420,8 @@ def test_tool_refuses_a_code_running_pickle_without_running_it(tmp_path):
     assert message.startswith(f"convert_checkpoint: Refusing to load "
                               f"checkpoint '{evil}'")
     assert 'io.open' in message  # what CreatesFile's pickle calls
-    assert 'Unpickling it would execute code from the file' in message
-    assert "obj.state_dict() if hasattr(obj, 'state_dict')" in message
+    assert 'Nothing was executed' in message
+    assert 'weights_only=False' not in message  # never the advice
     assert not marker.exists() and not (tmp_path / 'out.pth').exists()
     torch.load(evil, weights_only=False)  # the payload is live
     assert marker.exists()
@@ -437,3 +437,25 @@ def test_tool_reports_the_wrong_kind_of_file_in_one_line(tmp_path, capsys):
         'convert_checkpoint: checkpoint looks like a VQ-KD tokenizer in the '
         'official / timm layout (quantize.embedding.weight), not like a BEiT '
         "model: convert it with model='vqkd'")
+
+
+@pytest.mark.parametrize('name, content, expected', [
+    ('empty.pth', b'', "Cannot load '{}': truncated checkpoint"),
+    ('list.pth', None, '{} holds a list, not a checkpoint'),
+    ('broken.safetensors', b'\x08\x00\x00\x00\x00\x00\x00\x00{"a":',
+     '{} is not a readable safetensors file'),
+    ('notes.pth', b'epoch 1: loss 0.5\n', "'{}' is not a checkpoint"),
+])
+def test_tool_reports_a_broken_file_in_one_line(tmp_path, name, content,
+                                                expected):
+    path = tmp_path / name
+    if content is None:
+        torch.save([torch.zeros(2)], path)  # a pickled list
+    else:
+        path.write_bytes(content)
+    with pytest.raises(SystemExit) as err:
+        load_tool('convert_checkpoint').main(
+            [str(path), str(tmp_path / 'out.pth'), '--from', 'unilm'])
+    assert str(err.value).startswith(
+        'convert_checkpoint: ' + expected.format(path))
+    assert not (tmp_path / 'out.pth').exists()

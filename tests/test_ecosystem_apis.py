@@ -12,7 +12,7 @@ import runpy
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Dict, Set, Tuple
+from typing import Dict, Iterator, Set, Tuple
 
 import mmcv
 import mmpretrain
@@ -134,6 +134,15 @@ def run_upstream_tool(package: ModuleType, tool: str, *args,
     # the tools' Runners leave their own default scope behind
     with DefaultScope.overwrite_default_scope('mmengine'):
         runpy.run_path(str(path), run_name='__main__')
+
+
+@pytest.fixture(autouse=True)
+def _keep_default_scope() -> Iterator[None]:
+    """MMPretrain's and MMSegmentation's APIs set MMEngine's current default
+    scope (``init_model`` leaves ``mmseg``): each test runs in MMPretrain's,
+    as a user of its APIs would, and leaves it as it found it."""
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        yield
 
 
 @pytest.fixture(scope='module')
@@ -483,3 +492,18 @@ def test_demo_classes_without_a_checkpoint():
         prediction = inferencer(image)[0]['pred_class']
     assert tuple(inferencer.classes) == SHAPE_CLASSES
     assert prediction in SHAPE_CLASSES
+
+
+@pytest.mark.parametrize('config, shape', [
+    ('linear_probe/beit_demo_linear.py', (64, 64, 3)),  # demo images only
+    ('own_data/beit_demo_finetune_imagefolder.py', (80, 70, 3)),  # any size
+    ('own_data/beit_demo_linear_imagefolder.py', (80, 70, 3)),
+])
+def test_inferencer_takes_an_in_memory_image(config, shape):
+    """MMPretrain's inferencers swap the test pipeline's LoadImageFromFile
+    (found by that exact name) for their own loader, so the configs keep it
+    there: an array, not a file, goes through."""
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        inferencer = ImageClassificationInferencer(str(CONFIGS / config))
+        result = inferencer(np.zeros(shape, np.uint8))[0]
+    assert result['pred_scores'].shape == (8, )

@@ -241,7 +241,8 @@ def test_mask_ratio():
 ])
 def test_bad_arguments_raise_at_build(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        TRANSFORMS.build(dict(type='BlockwiseMaskGenerator', **kwargs))
+        TRANSFORMS.build(
+            dict(type='beit_plugin.BlockwiseMaskGenerator', **kwargs))
 
 
 def test_packed_for_the_model():

@@ -27,7 +27,8 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import load_checkpoint
 
-from beit_plugin.compat import safe_torch_load
+from beit_plugin import compat
+from beit_plugin.compat import NotACheckpointError, safe_torch_load
 from compat_toys import ToyDataset, ToyModel
 from conftest import mmengine_log
 
@@ -454,6 +455,28 @@ def test_truncated_checkpoint_is_named(trained: Path, tmp_path: Path,
         runner.train()
 
 
+@pytest.mark.parametrize('content', [
+    b'epoch 1 loss 0.5\n',  # a log given as the checkpoint
+    b'\xff\xd8\xff\xe0\x00\x10JFIF',  # a JPEG
+])
+def test_a_file_torch_save_did_not_write_is_named(tmp_path: Path,
+                                                  content: bytes) -> None:
+    """Not a checkpoint, and not an unsafe one either: the error says so
+    (torch's own reader fails with e.g. ``KeyError: 101`` or an unpickling
+    error that would read as a refused payload)."""
+    path = tmp_path / 'not_a_checkpoint.pth'
+    path.write_bytes(content)
+    with pytest.raises(NotACheckpointError,
+                       match=f"'{path}' is not a checkpoint: it begins "
+                       'with') as err:
+        load_checkpoint(ToyModel(), str(path))
+    assert not isinstance(err.value, compat.UnsafeCheckpointError)
+    model = ToyModel()
+    model.init_cfg = dict(type='Pretrained', checkpoint=str(path))
+    with pytest.raises(NotACheckpointError, match='is not a checkpoint'):
+        model.init_weights()
+
+
 def test_auto_resume_falls_back_to_the_last_complete_checkpoint(
         trained: Path, tmp_path: Path) -> None:
     work_dir = tmp_path / 'work'
@@ -476,3 +499,14 @@ def test_auto_resume_falls_back_to_the_last_complete_checkpoint(
             f"missing or truncated: resuming from '{work_dir / 'iter_2.pth'}'"
             ', the latest complete checkpoint') in messages
     assert_all_finite(work_dir)  # iter_4.pth written again, complete
+
+
+def test_a_misspelt_checkpoint_option_is_refused_before_training(
+        tmp_path: Path) -> None:
+    """MMEngine's CheckpointHook takes ``intervl=2`` and fails only at its
+    first save, after training; ours refuses it when the runner builds it."""
+    with pytest.raises(TypeError, match=r"default_hooks.checkpoint: unknown "
+                       r"option 'intervl' \(did you mean 'interval'\?\)"):
+        make_runner(tmp_path, checkpoint=dict(type=ATOMIC, intervl=2,
+                                              by_epoch=False))
+    assert not list(tmp_path.rglob('*.pth'))

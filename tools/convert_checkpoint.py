@@ -33,7 +33,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from beit_plugin.compat import UnsafeCheckpointError
+from beit_plugin.compat import (TruncatedCheckpointError,
+                                UnsafeCheckpointError)
 from beit_plugin.convert import (SOURCES, StateDict, backbone_only,
                                  beit_target, convert_state_dict,
                                  dalle_target, read_weights,
@@ -101,7 +102,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     try:
         state, target, unchecked = convert(read_weights(args.src), args)
-    except (ValueError, FileNotFoundError, UnsafeCheckpointError) as err:
+    except (ValueError, FileNotFoundError, UnsafeCheckpointError,
+            TruncatedCheckpointError) as err:
         raise SystemExit(f'convert_checkpoint: {err}')
     state = {k: v.detach().contiguous() for k, v in state.items()}
     Path(args.dst).parent.mkdir(parents=True, exist_ok=True)

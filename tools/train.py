@@ -147,7 +147,13 @@ def build_runner(cfg: Config) -> Runner:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Train as the command line ``argv`` says."""
     cfg = build_config(parse_args(argv))
-    build_runner(cfg).train()
+    try:
+        build_runner(cfg).train()
+    finally:
+        # each rank leaves the process group before its interpreter exits,
+        # rather than with gloo's threads still running at shutdown
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == '__main__':

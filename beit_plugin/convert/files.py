@@ -34,16 +34,23 @@ def read_weights(path: Union[str, Path]) -> Dict:
     if not path.is_file():
         raise FileNotFoundError(f'{path} does not exist')
     if path.suffix == '.safetensors':
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors' own error type varies
+            raise ValueError(
+                f'{path} is not a readable safetensors file '
+                f'({type(err).__name__}: {err})') from err
     try:
-        return safe_torch_load(str(path), map_location='cpu')
+        content = safe_torch_load(str(path), map_location='cpu')
     except UnsafeCheckpointError as err:
         raise UnsafeCheckpointError(
-            f'{err} Unpickling it would execute code from the file; nothing '
-            'was executed. To keep only its tensors, in a separate '
-            'environment: python -c "import torch; obj = '
-            f"torch.load('{path}', weights_only=False); sd = "
-            "obj.state_dict() if hasattr(obj, 'state_dict') else "
-            "obj.get('model', obj.get('state_dict', obj)); torch.save({k: v "
-            "for k, v in sd.items() if torch.is_tensor(v)}, "
-            '\'state_dict.pth\')" then convert state_dict.pth.') from err
+            f'{err} Nothing was executed. A file that only its publisher can '
+            'vouch for (e.g. OpenAI\'s DALL-E encoder.pkl) has to be turned '
+            'into a plain state dict once, in an environment you trust, as '
+            'README ("Checkpoints from other code bases") shows.') from err
+    if not isinstance(content, dict):
+        raise ValueError(
+            f'{path} holds a {type(content).__name__}, not a checkpoint: a '
+            'state dict (name -> tensor) or a dict holding one under '
+            "'state_dict' / 'model' / 'module'")
+    return content

@@ -15,7 +15,7 @@ model = dict(
     target_generator=dict(_delete_=True, type='beit_plugin.PatchPixels',
                           patch_size=patch_size))
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='beit_plugin.CheckedLoadImageFromFile'),
     dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4,
          hue=0.),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),

@@ -8,7 +8,7 @@ _base_ = './beit_vit-base-p16_8xb256-amp-coslr-300e_in1k.py'
 img_size = 224
 patch_size = 16
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='beit_plugin.CheckedLoadImageFromFile'),
     dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4,
          hue=0.),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),

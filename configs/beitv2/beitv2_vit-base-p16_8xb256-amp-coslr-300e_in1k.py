@@ -68,7 +68,7 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint=tokenizer_checkpoint)))
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='beit_plugin.CheckedLoadImageFromFile'),
     dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4,
          hue=0.),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),

@@ -30,7 +30,7 @@ model = dict(
 
 data_root = 'data/demo/imagenet/'
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='beit_plugin.CheckedLoadImageFromFile'),
     dict(
         type='RandomResizedCrop',
         scale=img_size,

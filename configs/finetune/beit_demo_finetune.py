@@ -45,13 +45,14 @@ optim_wrapper = dict(optimizer=dict(lr=1e-3),
                      paramwise_cfg=dict(layer_decay_rate=0.75))
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='beit_plugin.CheckedLoadImageFromFile'),
     dict(type='RandomResizedCrop', scale=img_size, crop_ratio_range=(0.35, 1.),
          backend='pillow', interpolation='bicubic'),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackInputs'),
 ]
 test_pipeline = [
+    # MMPretrain's own, which its inferencers replace for in-memory images
     dict(type='LoadImageFromFile'),
     dict(type='PackInputs'),
 ]

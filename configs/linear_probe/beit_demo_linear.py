@@ -51,11 +51,12 @@ model = dict(
     head=dict(num_classes=num_classes, in_channels=demo_arch['embed_dims']))
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='beit_plugin.CheckedLoadImageFromFile'),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackInputs'),
 ]
 test_pipeline = [
+    # MMPretrain's own, which its inferencers replace for in-memory images
     dict(type='LoadImageFromFile'),
     dict(type='PackInputs'),
 ]

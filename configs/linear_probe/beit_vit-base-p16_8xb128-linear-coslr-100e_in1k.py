@@ -65,6 +65,7 @@ model = dict(
         init_cfg=[dict(type='Normal', layer='Linear', std=0.01, bias=0.)]))
 
 test_pipeline = [
+    # MMPretrain's own, which its inferencers replace for in-memory images
     dict(type='LoadImageFromFile'),
     dict(type='ResizeEdge', scale=256, edge='short', backend='pillow',
          interpolation='bicubic'),

@@ -41,7 +41,8 @@ train_pipeline = [
     dict(type='PackInputs'),
 ]
 test_pipeline = [
-    dict(type='beit_plugin.CheckedLoadImageFromFile'),
+    # MMPretrain's own, which its inferencers replace for in-memory images
+    dict(type='LoadImageFromFile'),
     dict(type='ResizeEdge', scale=73, edge='short', backend='pillow',
          interpolation='bicubic'),
     dict(type='CenterCrop', crop_size=64),

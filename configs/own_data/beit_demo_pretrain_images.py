@@ -9,8 +9,8 @@
 #       --cfg-options train_dataloader.dataset.data_root=/my/images
 #
 # Only the data set changes; the pipeline is the demo's (each image randomly
-# cropped and resized to two 64 px views) with a loader that names a file it
-# cannot read. The demo tokenizer (checkpoints/vqkd_demo_hog.pth) only knows
+# cropped and resized to two 64 px views; its loader names a file it cannot
+# read). The demo tokenizer (checkpoints/vqkd_demo_hog.pth) only knows
 # 64 px synthetic shapes: for real photos use the full recipe,
 # configs/own_data/beitv2_vit-base-p16_8xb256-amp-coslr-300e_images.py, with
 # a real tokenizer (README, "Your own data").
@@ -24,17 +24,4 @@ train_dataloader = dict(
         type='CustomDataset',
         data_root=data_root,
         with_label=False,
-        # configs/beit_pretrain.py's train_pipeline but for the loader
-        pipeline=[
-            dict(type='beit_plugin.CheckedLoadImageFromFile'),
-            dict(type='ColorJitter', brightness=0.4, contrast=0.4,
-                 saturation=0.4, hue=0.),
-            dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-            dict(type='RandomResizedCropAndInterpolationWithTwoPic',
-                 size=64, second_size=64, interpolation='bicubic',
-                 second_interpolation='bicubic', scale=(0.2, 1.0)),
-            dict(type='beit_plugin.BlockwiseMaskGenerator', input_size=8,
-                 num_masking_patches=26, min_num_patches=4,
-                 fixed_count=True),
-            dict(type='PackInputs'),
-        ]))
+        pipeline={{_base_.train_pipeline}}))

@@ -11,9 +11,11 @@
 #
 #   python tools/train.py configs/own_data/beit_demo_upernet_ade-layout.py
 #
-# An image or annotation that cannot be read, an annotation in colour, of
-# another size than its image or with a value past the class list is refused,
-# naming the file (beit_plugin.CheckedLoadAnnotations).
+# An image or training annotation that cannot be read, an annotation in
+# colour, of another size than its image or with a value past the class list
+# is refused, naming the file (beit_plugin.CheckedLoadAnnotations; validation
+# keeps MMSegmentation's LoadAnnotations, which its inference_model removes
+# by that name).
 #
 # The demo UperNet (configs/seg/beit_demo_upernet.py: the small BEiT, images
 # rescaled to about 96 px on the short side, 64 px crops, 2000 iterations of
@@ -40,11 +42,9 @@ model = dict(
 
 # the demo's pipelines but for the loaders (reduce_zero_label comes from the
 # data set)
-load_annotations = dict(type='beit_plugin.CheckedLoadAnnotations',
-                        num_classes=num_classes)
 train_pipeline = [
     dict(type='beit_plugin.CheckedLoadImageFromFile'),
-    load_annotations,
+    dict(type='beit_plugin.CheckedLoadAnnotations', num_classes=num_classes),
     dict(
         type='RandomResize',
         scale=(384, 96),
@@ -56,9 +56,11 @@ train_pipeline = [
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
-    dict(type='beit_plugin.CheckedLoadImageFromFile'),
+    # MMSegmentation's own loaders, which its inference_model replaces
+    # (LoadAnnotations by that name)
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(384, 96), keep_ratio=True),
-    load_annotations,
+    dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
 seg_dataset = dict(

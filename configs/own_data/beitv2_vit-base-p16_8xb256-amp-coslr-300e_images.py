@@ -33,17 +33,4 @@ train_dataloader = dict(
         type='CustomDataset',
         data_root=data_root,
         with_label=False,
-        # the recipe's train_pipeline but for the loader
-        pipeline=[
-            dict(type='beit_plugin.CheckedLoadImageFromFile'),
-            dict(type='ColorJitter', brightness=0.4, contrast=0.4,
-                 saturation=0.4, hue=0.),
-            dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-            dict(type='RandomResizedCropAndInterpolationWithTwoPic',
-                 size=224, second_size=224, interpolation='bicubic',
-                 second_interpolation='bicubic', scale=(0.2, 1.0)),
-            dict(type='beit_plugin.BlockwiseMaskGenerator', input_size=14,
-                 num_masking_patches=75, min_num_patches=16,
-                 max_num_patches=None),
-            dict(type='PackInputs'),
-        ]))
+        pipeline={{_base_.train_pipeline}}))

@@ -89,8 +89,8 @@ model = dict(
 # shapes shrink to 7 px, less than a patch, and at 2 a 64 px crop holds a
 # fraction of one shape
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='beit_plugin.CheckedLoadImageFromFile'),
+    dict(type='beit_plugin.CheckedLoadAnnotations', reduce_zero_label=True),
     dict(
         type='RandomResize',
         scale=(384, 96),
@@ -102,6 +102,8 @@ train_pipeline = [
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
+    # MMSegmentation's own loaders, which its inference_model replaces
+    # (LoadAnnotations by that name)
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(384, 96), keep_ratio=True),
     dict(type='LoadAnnotations', reduce_zero_label=True),

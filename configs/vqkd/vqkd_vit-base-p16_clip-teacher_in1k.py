@@ -53,7 +53,7 @@ model = dict(
 
 data_root = 'data/imagenet/'
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='beit_plugin.CheckedLoadImageFromFile'),
     dict(
         type='RandomResizedCrop',
         scale=224,

@@ -6,6 +6,8 @@ with ``max_keep_ckpts``, deletes the oldest checkpoint *before* writing the
 new one: with ``max_keep_ckpts=1`` a kill while saving leaves no valid
 checkpoint at all, and ``--resume`` fails.
 """
+import difflib
+import inspect
 import logging
 import os
 import os.path as osp
@@ -139,9 +141,29 @@ class AtomicCheckpointHook(CheckpointHook):
        latest complete ``filename_tmpl`` checkpoint of that folder instead,
        with a warning.
 
+    4. An option MMEngine's hook does not know (a misspelt ``intervl``) is
+       refused when the hook is built: MMEngine's passes such keys on to
+       ``Runner.save_checkpoint``, so the run trains, then fails at its
+       first save with nothing written.
+
     Use it in a config as ``default_hooks = dict(checkpoint=dict(
     type='beit_plugin.AtomicCheckpointHook', ...))``.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        known = inspect.signature(CheckpointHook.__init__).parameters
+        unknown = sorted(key for key in kwargs if key not in known)
+        if unknown:
+            hints = [
+                f'{key!r} (did you mean {close[0]!r}?)' if close else repr(key)
+                for key in unknown
+                for close in [difflib.get_close_matches(key, known, n=1)]
+            ]
+            raise TypeError(
+                f'default_hooks.checkpoint: unknown option '
+                f'{", ".join(hints)}; CheckpointHook takes '
+                f'{", ".join(k for k in known if k not in ("self", "kwargs"))}')
+        super().__init__(*args, **kwargs)
 
     def before_run(self, runner) -> None:
         # Runner.load_or_resume, which runs after before_run, resumes from
