@@ -104,11 +104,14 @@ def test_classifier_lr_and_decay_per_parameter(scope, name):
     assert len({id(g) for g in groups.values()}) == 2 * (N + 2)
 
 
-def test_shared_relative_position_bias_is_layer_zero():
+def test_shared_relative_position_bias_is_the_last_layer():
+    """The official ``get_num_layer_for_vit`` gives ``rel_pos_bias.*``
+    ``num_max_layer - 1 = N + 1``: the full learning rate."""
     model = classifier(use_rel_pos_bias=False, use_shared_rel_pos_bias=True)
     groups = groups_by_name(model, build(model))
-    assert_group(groups['backbone.rel_pos_bias.relative_position_bias_table'],
-                 0, decay=False)
+    group = groups['backbone.rel_pos_bias.relative_position_bias_table']
+    assert_group(group, N + 1, decay=False)
+    assert group['lr'] == LR  # RATE ** 0
 
 
 def test_segmentor_backbone_blocks_and_decode_head():

@@ -1,10 +1,12 @@
 """Tests of ``BlockwiseMaskGenerator``."""
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.dataset import Compose, worker_init_fn
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner, set_random_seed
@@ -13,6 +15,8 @@ from torch.utils.data import Dataset, get_worker_info
 
 from beit_plugin.datasets.transforms import BlockwiseMaskGenerator
 from beit_plugin.registry import TRANSFORMS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class ReferenceMaskingGenerator:
@@ -313,3 +317,19 @@ def test_dataloader_workers_are_seeded():
         worker_init_fn(worker_id, num_workers=2, rank=0, seed=0)
         expected = _MaskDataset().transform({})['mask']
         assert np.array_equal(first[worker_id]['mask'], expected)
+
+
+V2_CONFIGS = sorted((ROOT / 'configs' / 'beitv2').glob('*.py')) + sorted(
+    (ROOT / 'configs' / 'own_data').glob('beitv2*.py'))
+
+
+@pytest.mark.parametrize('config', V2_CONFIGS, ids=lambda p: p.stem)
+def test_every_v2_recipe_masks_exactly_75_patches(config):
+    """The official BEiT v2 generator always masks ``num_masking_patches``
+    (75 of 196): 2000 draws of each v2 config's mask generator."""
+    pipeline = Config.fromfile(config).train_dataloader.dataset.pipeline
+    mask_cfg = next(t for t in pipeline if 'MaskGenerator' in t['type'])
+    generator = TRANSFORMS.build(mask_cfg)
+    set_random_seed(0)
+    counts = {int(generator({})['mask'].sum()) for _ in range(2000)}
+    assert counts == {75}

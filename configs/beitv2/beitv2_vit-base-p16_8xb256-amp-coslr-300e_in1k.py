@@ -77,9 +77,11 @@ train_pipeline = [
          second_interpolation='bicubic', scale=(0.2, 1.0)),
     # (scoped: the dataset inherited from MMPretrain builds its pipeline in
     # the mmpretrain scope)
+    # always exactly 75 patches, as beit2/masking_generator.py tops up (or
+    # trims) each blockwise mask
     dict(type='beit_plugin.BlockwiseMaskGenerator',
          input_size=img_size // patch_size, num_masking_patches=75,
-         min_num_patches=16, max_num_patches=None),
+         min_num_patches=16, max_num_patches=None, fixed_count=True),
     dict(type='PackInputs'),
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))

@@ -15,7 +15,9 @@ from beit_plugin.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 #: Backbone parameters (and module prefixes) of the embedding layer, id 0.
 EMBEDDING_NAMES = ('cls_token', 'mask_token', 'pos_embed')
-EMBEDDING_PREFIXES = ('patch_embed.', 'rel_pos_bias.')
+#: (The shared ``rel_pos_bias.*`` is not one: the official
+#: ``get_num_layer_for_vit`` gives it the last id, ``num_max_layer - 1``.)
+EMBEDDING_PREFIXES = ('patch_embed.', )
 #: Parameter names (last component) that never get weight decay.
 NO_DECAY_NAMES = ('pos_embed', 'cls_token', 'mask_token',
                   'relative_position_bias_table')
@@ -32,10 +34,11 @@ def get_layer_id(name: str, num_layers: int) -> int:
         num_layers: number of transformer blocks ``N``.
 
     Returns:
-        0 for ``cls_token``, ``mask_token``, ``pos_embed``, ``patch_embed.*``
-        and the shared ``rel_pos_bias.*``; ``i + 1`` for ``blocks.i.*``;
-        ``N + 1`` for the rest (final ``norm``, ``fc_norm``). Parameters
-        outside the backbone (heads, necks, decode heads) are ``N + 1`` too.
+        0 for ``cls_token``, ``mask_token``, ``pos_embed`` and
+        ``patch_embed.*``; ``i + 1`` for ``blocks.i.*``; ``N + 1`` for the
+        rest: the shared ``rel_pos_bias.*`` (as the official code has it),
+        the final ``norm`` and ``fc_norm``, and parameters outside the
+        backbone (heads, necks, decode heads).
 
     Raises:
         ValueError: for a block index ``>= num_layers``.
