@@ -293,4 +293,7 @@ def test_second_view_norm_must_match_the_tokenizer():
         with pytest.raises(ValueError, match='second_mean.*DALLEEncoder'):
             MODELS.build(model)
         model.data_preprocessor = dict(cfg.data_preprocessor)
-        assert MODELS.build(model) is not None
+        built = MODELS.build(model)
+    # the recipe's own second normalisation is the tokenizer's
+    assert built.data_preprocessor.second_mean.flatten().tolist() == \
+        pytest.approx(built.target_generator.input_norm['mean'])
