@@ -99,6 +99,7 @@ def test_url_load_from_and_resume_are_refused(evil, tmp_path: Path) -> None:
             _assert_refused(err, marker)
 
 
+@pytest.mark.slow
 def test_test_tool_refuses_a_url_checkpoint(evil, tmp_path: Path) -> None:
     url, marker = evil
     config = tmp_path / 'toy_cfg.py'

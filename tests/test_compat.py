@@ -118,6 +118,7 @@ def toy_config(tmp_path: Path) -> Path:
 
 
 @needs_mmcv_lite
+@pytest.mark.slow
 def test_mmseg_models_import_fails_without_plugin(tmp_path: Path) -> None:
     result = run_python('import mmseg.models', tmp_path)
     assert result.returncode != 0
@@ -147,6 +148,7 @@ print('OK')
 
 
 @needs_mmcv_lite
+@pytest.mark.slow
 @pytest.mark.parametrize('code', [MMSEG_AFTER_PLUGIN, MMSEG_TRAIN_TOOL_ORDER],
                          ids=['import-plugin-first', 'mmseg-train-tool'])
 def test_mmseg_imports_with_plugin(tmp_path: Path, code: str) -> None:
@@ -451,6 +453,7 @@ def test_init_dist_fails_on_cpu_without_plugin(tmp_path: Path) -> None:
 
 
 @needs_no_cuda
+@pytest.mark.slow
 def test_init_dist_on_cpu_with_plugin(tmp_path: Path) -> None:
     result = run_python(INIT_DIST_ALL_LAUNCHERS, tmp_path,
                         **single_process_dist_env())
@@ -458,6 +461,7 @@ def test_init_dist_on_cpu_with_plugin(tmp_path: Path) -> None:
     assert result.stdout.strip().endswith('OK')
 
 
+@pytest.mark.slow
 def test_dist_train_two_processes(toy_config: Path, tmp_path: Path) -> None:
     """``bash tools/dist_train.sh CONFIG 2``: gloo/DDP on CPU, synced ranks."""
     work_dir = tmp_path / 'dist'
@@ -569,6 +573,7 @@ def test_test_cli_show_dir(toy_config: Path, hook: str, expected: Dict,
         assert cfg.visualizer.save_dir == 'vis'
 
 
+@pytest.mark.slow
 def test_train_and_test_tools_end_to_end(
         toy_config: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

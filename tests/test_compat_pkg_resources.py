@@ -3,6 +3,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
     import sys
 
@@ -35,6 +37,7 @@ def test_scoped_base_fails_upstream_without_pkg_resources(tmp_path):
     assert "No module named 'pkg_resources'" in result.stderr
 
 
+@pytest.mark.slow
 def test_scoped_base_loads_with_the_plugin(tmp_path):
     result = run(tmp_path, 'plugin')
     assert result.returncode == 0, result.stderr[-2000:]

@@ -349,6 +349,7 @@ def load_as_configured(path: Path, **kwargs) -> BEiT:
     return model.eval()
 
 
+@pytest.mark.slow
 def test_tool_converts_a_timm_checkpoint(tmp_path):
     peer = timm_beit(num_classes=5)
     torch.save(peer.state_dict(), tmp_path / 'timm.pth')
@@ -369,6 +370,7 @@ def test_tool_converts_a_timm_checkpoint(tmp_path):
                                    atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_tool_converts_a_transformers_directory(tmp_path):
     from transformers import BeitConfig, BeitModel
     peer = randomise(BeitModel(BeitConfig(
@@ -389,6 +391,7 @@ def test_tool_converts_a_transformers_directory(tmp_path):
                                    atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_tool_reads_an_official_training_checkpoint_with_its_args(tmp_path):
     """The official training scripts save ``args`` (an argparse.Namespace)
     beside ``model``: the weights-only loader allows that type, so the file
@@ -410,6 +413,7 @@ def test_tool_reads_an_official_training_checkpoint_with_its_args(tmp_path):
     assert all(torch.equal(saved[k], expected[k]) for k in expected)
 
 
+@pytest.mark.slow
 def test_tool_refuses_a_code_running_pickle_without_running_it(tmp_path):
     marker, evil = tmp_path / 'pwned', tmp_path / 'evil.pth'
     torch.save({'model': timm_beit().state_dict(),

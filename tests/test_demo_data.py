@@ -254,6 +254,7 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: np.ndarray) -> float:
         return float((model(x).argmax(1).numpy() == y).mean())
 
 
+@pytest.mark.slow
 def test_learnable_but_not_from_colour(tmp_path: Path) -> None:
     """A tiny CNN trained for a few seconds beats chance (1/8) clearly on
     held-out images, while a linear classifier of the mean colour cannot."""

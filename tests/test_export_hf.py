@@ -98,6 +98,7 @@ def test_what_transformers_cannot_hold_is_refused(kwargs, message):
         hf_config(model)
 
 
+@pytest.mark.slow
 def test_tool_exports_a_v2_pretraining_checkpoint_without_transformers(
         tmp_path):
     backbone = ours(use_shared_rel_pos_bias=True, use_mask_token=True,

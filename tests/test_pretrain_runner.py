@@ -253,6 +253,7 @@ custom_hooks = [dict(type='compat_toys.ParamDumpHook')]
 """
 
 
+@pytest.mark.slow
 def test_dist_train_demo_two_ranks_stay_identical(data_root, tmp_path):
     """``bash tools/dist_train.sh configs/beit_pretrain.py 2`` on a CPU:
     gloo and CPU DDP chosen automatically, the same weights (tokenizer

@@ -2,6 +2,7 @@
 import math
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -222,6 +223,7 @@ def _single_process(options: dict, batches):
     return q.state_dict()
 
 
+@pytest.mark.slow
 def test_distributed_ranks_share_one_codebook(tmp_path):
     """Two ranks with different batches end with identical codebooks and
     EMA statistics: without k-means, equal to one process on both ranks'

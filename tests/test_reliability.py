@@ -316,6 +316,7 @@ with DefaultScope.overwrite_default_scope('mmengine'):
 """
 
 
+@pytest.mark.slow
 def test_kill_while_saving_keeps_the_previous_checkpoint(
         tmp_path: Path) -> None:
     work_dir = tmp_path / 'work'

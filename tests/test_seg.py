@@ -303,6 +303,7 @@ default_hooks = dict(logger=dict(interval=1),
     return config
 
 
+@pytest.mark.slow
 def test_train_one_iteration_then_test_with_show_dir(
         tmp_path: Path, ade_root: Path, capfd,
         monkeypatch: pytest.MonkeyPatch):

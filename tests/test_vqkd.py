@@ -379,6 +379,7 @@ def _runner(work_dir: Path, data: Path, max_iters: int,
         resume=resume)
 
 
+@pytest.mark.slow
 def test_runner_logs_usage_and_resume_keeps_the_kmeans_codebook(
         tmp_path, monkeypatch):
     _write_images(tmp_path / 'images')
