@@ -10,8 +10,10 @@ from beit_plugin.registry import MODELS
 
 
 def _build(cfg: Union[dict, nn.Module, None]) -> Optional[nn.Module]:
-    """Build from our registry, so that ``type='BEiT'`` is our backbone and
-    not MMPretrain's algorithm of that name, whatever the default scope."""
+    """Build a part from our registry. MMEngine still looks an unscoped type
+    up in the current default scope: under MMPretrain's APIs (scope
+    ``mmpretrain``) ``type='BEiT'`` is MMPretrain's algorithm, hence our
+    configs' ``type='beit_plugin.BEiT'``."""
     if cfg is None or isinstance(cfg, nn.Module):
         return cfg
     return MODELS.build(cfg)
