@@ -19,7 +19,7 @@ setup(
     'as an OpenMMLab plugin',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
-    python_requires='>=3.9',
+    python_requires='>=3.10',  # int.bit_count (masking.py)
     packages=find_packages(include=['beit_plugin', 'beit_plugin.*']),
     # `**` needs setuptools >= 62.3 to build (pip's isolated build has it)
     package_data={'beit_plugin': [
