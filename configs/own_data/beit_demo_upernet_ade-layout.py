@@ -40,8 +40,10 @@ model = dict(
     decode_head=dict(num_classes=num_classes),
     auxiliary_head=dict(num_classes=num_classes))
 
-# the demo's pipelines but for the loaders (reduce_zero_label comes from the
-# data set)
+# the demo's training pipeline but for the annotation check against this
+# class list (reduce_zero_label comes from the data set); testing keeps the
+# demo's test_pipeline (MMSegmentation's own loaders, which its
+# inference_model replaces)
 train_pipeline = [
     dict(type='beit_plugin.CheckedLoadImageFromFile'),
     dict(type='beit_plugin.CheckedLoadAnnotations', num_classes=num_classes),
@@ -53,14 +55,6 @@ train_pipeline = [
     dict(type='RandomCrop', crop_size=(64, 64), cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    # MMSegmentation's own loaders, which its inference_model replaces
-    # (LoadAnnotations by that name)
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(384, 96), keep_ratio=True),
-    dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
 seg_dataset = dict(
@@ -86,5 +80,5 @@ val_dataloader = dict(
         data_prefix=dict(
             img_path='images/validation',
             seg_map_path='annotations/validation'),
-        pipeline=test_pipeline))
+        pipeline={{_base_.test_pipeline}}))
 test_dataloader = val_dataloader
