@@ -32,6 +32,9 @@ model = dict(
         out_indices=(early_layers - 1, -1),
         final_norm=False,  # v2: the norm is shared with the neck's branch
         use_mask_token=True,
+        # the official pretraining init (modeling_pretrain.py, _init_weights):
+        # std 0.02 truncated at +-0.02, the patch-embedding conv included
+        init_mode='modeling_pretrain',
         use_shared_rel_pos_bias=True,
         layer_scale_init_value=0.1),
     neck=dict(
@@ -89,6 +92,8 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1.5e-3, betas=(0.9, 0.999),
                    weight_decay=0.05),
     clip_grad=dict(max_norm=3.0),
+    # the official pretraining's weight decay: see the comment in
+    # configs/beit/beit_vit-base-p16_8xb256-amp-coslr-800e_in1k.py
     paramwise_cfg=dict(
         norm_decay_mult=0.,
         bias_decay_mult=0.,
@@ -112,6 +117,8 @@ default_hooks = dict(
     checkpoint=dict(type='beit_plugin.AtomicCheckpointHook', interval=500,
                     by_epoch=False, max_keep_ckpts=2, save_last=True))
 # stop at a NaN / infinite loss or gradient norm; never save such weights
-custom_hooks = [dict(type='beit_plugin.NonFiniteCheckHook')]
+custom_hooks = [dict(type='beit_plugin.NonFiniteCheckHook'),
+                # random generator states in checkpoints: --resume is exact
+                dict(type='beit_plugin.RNGStateHook')]
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)

@@ -1,6 +1,7 @@
 import contextlib
 import logging
 import os
+from pathlib import Path
 from typing import Iterator, List, Optional
 
 import pytest
@@ -17,6 +18,19 @@ def _seed():
 
 TINY_ARCH = dict(embed_dims=32, num_layers=2, num_heads=2,
                  feedforward_channels=64)
+
+CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
+#: Every masked-image-modeling pretraining config.
+PRETRAINING_CONFIGS = [
+    CONFIGS / 'beit_pretrain.py', *sorted(CONFIGS.glob('beit/*.py')),
+    *sorted(CONFIGS.glob('beitv2/*.py')),
+    *sorted(CONFIGS.glob('ablations/*.py')),
+    *sorted(CONFIGS.glob('own_data/*_images.py'))]
+
+
+def config_id(path: Path) -> str:
+    """A config's test id: its path under configs/."""
+    return path.relative_to(CONFIGS).as_posix()
 
 
 @contextlib.contextmanager

@@ -363,8 +363,11 @@ def test_recipe_builds(name):
         assert backbone.final_norm is False
         assert cfg.optim_wrapper.constructor.endswith(
             'LayerDecayOptimWrapperConstructor')
+        # no_decay_names: the official classification recipe (checked in
+        # test_layer_decay.py)
         assert cfg.optim_wrapper.paramwise_cfg == dict(
-            layer_decay_rate=values['decay'])
+            layer_decay_rate=values['decay'],
+            no_decay_names=('pos_embed', 'cls_token'))
         if 'drop_path' in values:
             assert backbone.drop_path_rate == values['drop_path']
             warmup, cosine = cfg.param_scheduler

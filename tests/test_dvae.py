@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper
 
@@ -85,9 +86,35 @@ def test_kl_to_uniform_is_zero_for_uniform_logits_and_positive_otherwise():
     logits = torch.zeros(32)
     logits[0] = 5.
     q = logits.softmax(0)
-    expected = (q * (q.log() + math.log(32))).sum()
+    positions = 2 * 2 * 2  # 2 images of 2 x 2 tokens, each the same q
+    expected = positions * (q * (q.log() + math.log(32))).sum()
     assert model.loss(x)['loss_kl'].item() == pytest.approx(
         expected.item(), rel=1e-5)
+
+
+def test_kl_term_is_the_official_sum_over_batch_positions_and_codes():
+    """KL(q || uniform) = sum over images, positions and codes of
+    q log(q K), as unilm's beit/modeling_discrete_vae.py DiscreteVAE.forward
+    computes it: F.kl_div(..., 'batchmean') divides by the first dimension
+    of its one-element input, log_uniform, i.e. by 1, not by the batch."""
+    num_tokens, weight = 32, 0.5
+    model = tiny_dvae(num_tokens=num_tokens,
+                      kl_div_loss_weight=weight).train()
+    x = torch.randn(3, 3, 8, 8)  # 3 images, 2 x 2 tokens each
+    with torch.no_grad():
+        q = model.encoder(x).softmax(1)  # (B, K, H, W)
+        hand = sum(q[b, k, i, j].item() * math.log(q[b, k, i, j].item()
+                                                   * num_tokens)
+                   for b in range(3) for k in range(num_tokens)
+                   for i in range(2) for j in range(2))
+        # the official expression, verbatim but for the rearrange
+        log_qy = torch.log(q.flatten(2).transpose(1, 2) + 1e-10)
+        log_uniform = torch.log(torch.tensor([1. / num_tokens]))
+        official = F.kl_div(log_uniform, log_qy, None, None, 'batchmean',
+                            log_target=True)
+        loss_kl = model.loss(x)['loss_kl'].item()
+    assert official.item() == pytest.approx(hand, rel=1e-4)
+    assert loss_kl == pytest.approx(weight * hand, rel=1e-4)
 
 
 def test_dalle_encoder_loads_the_published_key_layout(tmp_path):

@@ -1,16 +1,21 @@
 """BEiTPretrainer (v1 without neck, v2 with patch aggregation), tiny."""
 import pytest
 import torch
+from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import DefaultScope
 from mmpretrain.structures import DataSample
 
 from beit_plugin.models.algorithms import BEiTPretrainer
+from conftest import PRETRAINING_CONFIGS, config_id
 
 ARCH = dict(embed_dims=32, num_layers=3, num_heads=2, feedforward_channels=64)
 
 
-def build(v2: bool, pixel: bool = False) -> BEiTPretrainer:
+def build(v2: bool, pixel: bool = False, **backbone) -> BEiTPretrainer:
     """A tiny v1/v2 pretrainer with visual-token targets, or with the
-    pixel-regression ablation's head and target if ``pixel``."""
+    pixel-regression ablation's head and target if ``pixel``; ``backbone``
+    adds backbone arguments."""
     if pixel:
         head = dict(type='PixelRegressionHead', in_channels=32,
                     out_channels=8 * 8 * 3)
@@ -22,7 +27,7 @@ def build(v2: bool, pixel: bool = False) -> BEiTPretrainer:
     return BEiTPretrainer(
         backbone=dict(type='BEiT', arch=ARCH, img_size=32, patch_size=8,
                       use_mask_token=True, final_norm=not v2,
-                      out_indices=(1, -1) if v2 else -1),
+                      out_indices=(1, -1) if v2 else -1, **backbone),
         neck=dict(type='BEiTV2PatchAggregation', embed_dims=32, num_heads=2,
                   feedforward_channels=64, early_layers=2,
                   backbone_layers=3) if v2 else None,
@@ -142,3 +147,56 @@ def test_mask_of_another_grid_with_as_many_patches_is_refused():
     with pytest.raises(ValueError, match=r'mask of shape \(4, 2, 8\) is not '
                        r'on the \(4, 4\) patch grid'):
         model.loss(inputs, samples)
+
+
+#: Our pretrainer's parameter names -> the official
+#: VisionTransformerForMaskedImageModeling(CLS) ones (modeling_pretrain.py).
+OFFICIAL_PREFIXES = (('backbone.', ''),
+                     ('neck.cls_pt_layers.', 'cls_pt_layers.'),
+                     ('neck.norm.', 'norm.'), ('head.cls_head.', 'lm_head.'),
+                     ('head.reg_head.', 'lm_head.'))
+
+
+def official_pretraining_decay(name: str, param: torch.Tensor,
+                               weight_decay: float) -> float:
+    """run_beit_pretraining.py / run_beitv2_pretraining.py:
+    ``create_optimizer(args, model)``, so optim_factory.py's skip list is
+    ``model.no_weight_decay()`` = {'pos_embed', 'cls_token'} and
+    get_parameter_groups runs without a layer scale (lr scale 1)."""
+    for ours, theirs in OFFICIAL_PREFIXES:
+        if name.startswith(ours):
+            name = theirs + name[len(ours):]
+            break
+    else:
+        raise KeyError(name)
+    skip = {'pos_embed', 'cls_token'}
+    if param.ndim <= 1 or name.endswith('.bias') or name in skip:
+        return 0.
+    return weight_decay
+
+
+@pytest.mark.parametrize('path', PRETRAINING_CONFIGS, ids=config_id)
+def test_pretraining_recipes_decay_as_the_official_pretraining(path):
+    """1-d parameters, biases, pos_embed and cls_token without decay; the
+    mask token, the shared relative position table, the aggregation
+    branch's and the head's weights decayed; one learning rate; the frozen
+    tokenizer left out."""
+    cfg = Config.fromfile(path).optim_wrapper
+    for v2 in (False, True):
+        model = build(v2, use_abs_pos_emb=True)
+        with DefaultScope.overwrite_default_scope('beit_plugin'):
+            wrapper = build_optim_wrapper(model, dict(
+                type='OptimWrapper', optimizer=cfg.optimizer,
+                constructor=cfg.constructor,
+                paramwise_cfg=cfg.paramwise_cfg))
+        groups = {id(p): group for group in wrapper.optimizer.param_groups
+                  for p in group['params']}
+        trainable = {name: param for name, param in model.named_parameters()
+                     if param.requires_grad}
+        assert len(groups) == len(trainable)
+        assert 'backbone.mask_token' in trainable
+        for name, param in trainable.items():
+            group = groups[id(param)]
+            assert group['weight_decay'] == official_pretraining_decay(
+                name, param, cfg.optimizer.weight_decay), name
+            assert group['lr'] == cfg.optimizer.lr, name

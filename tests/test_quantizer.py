@@ -25,8 +25,53 @@ def set_state(q: NormEMAVectorQuantizer, weight, cluster_size, embed_avg):
     q.embedding.embed_avg.copy_(torch.tensor(embed_avg))
 
 
-def test_ema_update_hand_computed():
-    q = make(decay=0.5)
+def test_official_norm_ema_update_hand_computed():
+    """The official ``norm_ema_inplace``: a used code moves by ``1 - decay``
+    toward the direction of its batch mean, then is renormalised; an unused
+    code keeps its value, and ``embed_avg`` plays no part."""
+    q = make(num_embed=3, decay=0.9)
+    set_state(q, [[1., 0.], [0., 1.], [-1., 0.]], [5., 5., 5.],
+              [[1e-3, 0.], [0., 1e-3], [0., 0.]])  # short sums: no effect
+    # (0.6, 0.8) and (0, 2) go to code 1; (3, -4) (unit (0.6, -0.8)) to 0
+    z = torch.tensor([[0.6, 0.8], [0., 2.], [3., -4.]])
+    _, _, ids = q(z)
+    assert ids.tolist() == [1, 1, 0]
+    mean1 = torch.tensor([0.3, 0.9]) / math.sqrt(0.09 + 0.81)
+    code1 = 0.9 * torch.tensor([0., 1.]) + 0.1 * mean1
+    code0 = 0.9 * torch.tensor([1., 0.]) + 0.1 * torch.tensor([0.6, -0.8])
+    expected = torch.stack([code0 / code0.norm(), code1 / code1.norm(),
+                            torch.tensor([-1., 0.])])
+    assert torch.allclose(q.embedding.weight, expected, atol=1e-6)
+    assert q.embedding.weight[2].tolist() == [-1., 0.]
+    assert torch.allclose(q.embedding.cluster_size,
+                          torch.tensor([4.6, 4.7, 4.5]))
+
+
+def test_norm_ema_steps_equal_mmpretrains_quantizer():
+    """Five training steps of ours and of MMPretrain's port of the official
+    quantizer from the same codebook leave the same codebook."""
+    from mmpretrain.models.utils.vector_quantizer import \
+        NormEMAVectorQuantizer as Peer
+    torch.manual_seed(0)
+    peer = Peer(8, 4, beta=1., decay=0.9, kmeans_init=False).train()
+    ours = make(num_embed=8, dims=4, decay=0.9)
+    ours.embedding.weight.copy_(peer.embedding.weight)
+    for _ in range(5):
+        z = torch.randn(2, 4, 3, 3)  # (B, D, H, W), as the peer takes it
+        peer(z)
+        ours(z.permute(0, 2, 3, 1))
+        assert torch.allclose(ours.embedding.weight, peer.embedding.weight,
+                              atol=1e-6)
+    assert torch.allclose(ours.embedding.cluster_size, peer.cluster_size)
+
+
+def test_unknown_codebook_update_is_refused():
+    with pytest.raises(ValueError, match="codebook_update='ema'"):
+        make(codebook_update='ema')
+
+
+def test_sum_ema_update_hand_computed():
+    q = make(decay=0.5, codebook_update='sum_ema')
     set_state(q, [[1., 0.], [0., 1.]], [2., 2.], [[2., 0.], [0., 2.]])
     # (1, 0) and (0.8, 0.6) are nearest to code 0, (0, 3) (norm 3) to code 1
     z = torch.tensor([[1., 0.], [0.8, 0.6], [0., 3.]])

@@ -460,3 +460,32 @@ def test_shipped_demo_tokenizer_loads_and_uses_its_codebook(tmp_path):
     assert ids.shape == (160, 64)
     used = torch.bincount(ids.flatten(), minlength=512).gt(0).float().mean()
     assert used > 0.9, f'only {used:.1%} of the codes used'
+
+
+@pytest.mark.parametrize('config', ['vqkd_demo_hog.py',
+                                    'vqkd_vit-base-p16_clip-teacher_in1k.py'])
+def test_vqkd_recipe_decays_what_the_official_recipe_decays(config):
+    """beit2 ``optim_factory.get_parameter_groups`` with the VQ-KD model's
+    ``no_weight_decay()``: no decay for 1-d parameters, ``.bias`` names and
+    the token / position embeddings of encoder and decoder."""
+    from mmengine.optim import build_optim_wrapper
+    cfg = Config.fromfile(ROOT / 'configs' / 'vqkd' / config)
+    model = tiny_vqkd()
+    with DefaultScope.overwrite_default_scope('beit_plugin'):
+        wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    base_wd = cfg.optim_wrapper.optimizer.weight_decay
+    decay_of = {id(p): group['weight_decay']
+                for group in wrapper.optimizer.param_groups
+                for p in group['params']}
+    skip = {'encoder.cls_token', 'encoder.pos_embed', 'decoder.cls_token',
+            'decoder.pos_embed'}
+    names = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        official = 0. if (param.ndim == 1 or name.endswith('.bias')
+                          or name in skip) else base_wd
+        assert decay_of[id(param)] == official, name
+        names.append(name)
+    assert any(n.endswith('q_bias') for n in names)
+    assert any(n.endswith('pos_embed') for n in names)

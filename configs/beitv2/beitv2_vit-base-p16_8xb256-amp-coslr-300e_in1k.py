@@ -45,6 +45,9 @@ model = dict(
         use_abs_pos_emb=False,
         use_shared_rel_pos_bias=True,
         use_mask_token=True,
+        # the official pretraining init (modeling_pretrain.py, _init_weights):
+        # std 0.02 truncated at +-0.02, the patch-embedding conv included
+        init_mode='modeling_pretrain',
         layer_scale_init_value=layer_scale_init_value,
         final_norm=False,  # the norm is shared with the aggregation branch
         out_type='raw'),
@@ -86,8 +89,11 @@ train_pipeline = [
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 
-# No weight decay where the official code has none: 1-d parameters (norms,
-# biases, q/v biases, layer scales) and pos_embed / cls_token.
+# No weight decay where the official code has none (run_beit*_pretraining.py:
+# create_optimizer of optim_factory.py, skip list = the pretraining model's
+# no_weight_decay()): 1-d parameters (norms, biases, q/v biases, layer
+# scales) and pos_embed / cls_token. The mask token and the shared relative
+# position table are decayed, as there.
 optim_wrapper = dict(
     # one log line for the frozen tokenizer instead of a warning per tensor
     constructor='beit_plugin.FrozenParamsOptimWrapperConstructor',
@@ -115,6 +121,8 @@ param_scheduler = [
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
 # the base's checkpoints, written atomically; stop at a NaN / infinite loss
 default_hooks = dict(checkpoint=dict(type='beit_plugin.AtomicCheckpointHook'))
-custom_hooks = [dict(type='beit_plugin.NonFiniteCheckHook')]
+custom_hooks = [dict(type='beit_plugin.NonFiniteCheckHook'),
+                # random generator states in checkpoints: --resume is exact
+                dict(type='beit_plugin.RNGStateHook')]
 # the tokenizer has no gradients; every trained parameter is used
 find_unused_parameters = False

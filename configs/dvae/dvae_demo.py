@@ -15,17 +15,25 @@ custom_imports = dict(imports=['beit_plugin'], allow_failed_imports=False)
 default_scope = 'beit_plugin'
 
 img_size = 64
+batch_size = 32
+num_layers = 3  # stride-2 stages
+grid = img_size // 2**num_layers
 model = dict(
     type='DiscreteVAE',
     num_tokens=512,
     codebook_dim=128,
-    num_layers=3,
+    num_layers=num_layers,
     hidden_dims=64,
     temperature=1.0,
     min_temperature=0.5,
     anneal_rate=3.5e-4,
     straight_through=False,
-    kl_div_loss_weight=1e-3,
+    # KL(q || uniform) is the official sum over codes, positions and the
+    # batch (see DiscreteVAE). This demo weighted its mean over the
+    # 32 x 8 x 8 = 2048 positions of a batch by 1e-3; the same effective KL
+    # on the sum is 1e-3 / 2048 = 4.8828125e-7 (tied to batch_size: scale it
+    # with the batch to keep the balance with the per-pixel mean recon loss)
+    kl_div_loss_weight=1e-3 / (batch_size * grid * grid),
     recon_loss='smooth_l1')
 
 data_root = 'data/demo/imagenet/'
@@ -41,7 +49,7 @@ train_pipeline = [
     dict(type='PackInputs'),
 ]
 train_dataloader = dict(
-    batch_size=32,
+    batch_size=batch_size,
     num_workers=2,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
@@ -70,7 +78,9 @@ default_hooks = dict(
         type='beit_plugin.AtomicCheckpointHook', interval=500, by_epoch=False,
         max_keep_ckpts=2))
 custom_hooks = [dict(type='CodebookUsageHook', window=100),
-                dict(type='beit_plugin.NonFiniteCheckHook')]
+                dict(type='beit_plugin.NonFiniteCheckHook'),
+                # random generator states in checkpoints: --resume is exact
+                dict(type='beit_plugin.RNGStateHook')]
 log_processor = dict(
     by_epoch=False,
     # CodebookUsageHook averages over its own window: log its last value

@@ -86,14 +86,20 @@ train_dataloader = dict(batch_size=128)
 val_dataloader = dict(batch_size=128)
 test_dataloader = val_dataloader
 
-# Layer-wise lr decay (the official rules: no weight decay on 1-d parameters,
-# biases, position embedding, CLS token and relative position tables).
+# Layer-wise lr decay and the official classification recipe's weight decay
+# (unilm beit/run_class_finetuning.py and beit2/run_class_finetuning.py:
+# get_parameter_groups of optim_factory.py with the model's no_weight_decay()
+# as skip list): none on 1-d parameters, biases, pos_embed and cls_token; the
+# per-block relative position tables are decayed, as the published commands
+# (without --disable_weight_decay_on_rel_pos_bias) have it. That flag is
+#   --cfg-options "optim_wrapper.paramwise_cfg.no_decay_names=[pos_embed,cls_token,blocks.*.attn.relative_position_bias_table]"
 optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=lr, weight_decay=0.05,
                    betas=(0.9, 0.999)),
     # scoped: the optim_wrapper dict comes from an MMPretrain base
     constructor='beit_plugin.LayerDecayOptimWrapperConstructor',
-    paramwise_cfg=dict(_delete_=True, layer_decay_rate=layer_decay_rate))
+    paramwise_cfg=dict(_delete_=True, layer_decay_rate=layer_decay_rate,
+                       no_decay_names=('pos_embed', 'cls_token')))
 
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-4, by_epoch=True, begin=0,
@@ -107,5 +113,7 @@ default_hooks = dict(
     checkpoint=dict(type='beit_plugin.AtomicCheckpointHook', interval=1,
                     max_keep_ckpts=2, save_best='auto'))
 # stop at a NaN / infinite loss or gradient norm; never save such weights
-custom_hooks = [dict(type='beit_plugin.NonFiniteCheckHook')]
+custom_hooks = [dict(type='beit_plugin.NonFiniteCheckHook'),
+                # random generator states in checkpoints: --resume is exact
+                dict(type='beit_plugin.RNGStateHook')]
 randomness = dict(seed=0)

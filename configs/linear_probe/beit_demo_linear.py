@@ -92,4 +92,6 @@ auto_scale_lr = dict(enable=False)
 # refuses, before training, a data set whose class count is not num_classes;
 # stops at a NaN / infinite loss or gradient norm
 custom_hooks = [dict(type='beit_plugin.ClassCountCheckHook'),
-                dict(type='beit_plugin.NonFiniteCheckHook')]
+                dict(type='beit_plugin.NonFiniteCheckHook'),
+                # random generator states in checkpoints: --resume is exact
+                dict(type='beit_plugin.RNGStateHook')]

@@ -91,5 +91,7 @@ default_hooks = dict(
     checkpoint=dict(type='beit_plugin.AtomicCheckpointHook', interval=1,
                     max_keep_ckpts=2, save_best='auto'))
 # stop at a NaN / infinite loss or gradient norm; never save such weights
-custom_hooks = [dict(type='beit_plugin.NonFiniteCheckHook')]
+custom_hooks = [dict(type='beit_plugin.NonFiniteCheckHook'),
+                # random generator states in checkpoints: --resume is exact
+                dict(type='beit_plugin.RNGStateHook')]
 randomness = dict(seed=0)

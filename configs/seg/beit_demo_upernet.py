@@ -153,7 +153,14 @@ optim_wrapper = dict(
     optimizer=dict(
         type='AdamW', lr=4e-3, betas=(0.9, 0.999), weight_decay=0.05),
     constructor='beit_plugin.LayerDecayOptimWrapperConstructor',
-    paramwise_cfg=dict(layer_decay_rate=0.9))
+    # the official segmentation recipe's weight decay (unilm beit/ and beit2/
+    # semantic_segmentation/mmcv_custom/layer_decay_optimizer_constructor.py,
+    # LayerDecayOptimizerConstructor.add_params): its exemption
+    # `name in ('pos_embed', 'cls_token')` sees the segmentor's full names
+    # ('backbone.cls_token') and never matches, so only 1-d parameters and
+    # biases go without decay; cls_token and the relative position tables are
+    # decayed
+    paramwise_cfg=dict(layer_decay_rate=0.9, no_decay_names=()))
 param_scheduler = [
     dict(
         type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
@@ -181,4 +188,6 @@ randomness = dict(seed=0)
 # refuses, before training, a data set whose class count is not num_classes;
 # stops at a NaN / infinite loss or gradient norm
 custom_hooks = [dict(type='beit_plugin.ClassCountCheckHook'),
-                dict(type='beit_plugin.NonFiniteCheckHook')]
+                dict(type='beit_plugin.NonFiniteCheckHook'),
+                # random generator states in checkpoints: --resume is exact
+                dict(type='beit_plugin.RNGStateHook')]

@@ -97,9 +97,12 @@ warmup_iters = 100
 optim_wrapper = dict(
     optimizer=dict(
         type='AdamW', lr=5e-4, betas=(0.9, 0.99), weight_decay=1e-4),
+    # The official VQ-KD recipe (beit2 optim_factory.get_parameter_groups
+    # with the model's no_weight_decay()) decays no 1-d parameter (norms,
+    # biases, q_bias / v_bias, layer scales) and neither token nor position
+    # embedding; bias_decay_mult would miss q_bias / v_bias.
     paramwise_cfg=dict(
-        norm_decay_mult=0.,
-        bias_decay_mult=0.,
+        flat_decay_mult=0.,
         custom_keys={
             'pos_embed': dict(decay_mult=0.),
             'cls_token': dict(decay_mult=0.),
@@ -126,7 +129,9 @@ default_hooks = dict(
         type='beit_plugin.AtomicCheckpointHook', interval=500, by_epoch=False,
         max_keep_ckpts=2))
 custom_hooks = [dict(type='CodebookUsageHook', window=100),
-                dict(type='beit_plugin.NonFiniteCheckHook')]
+                dict(type='beit_plugin.NonFiniteCheckHook'),
+                # random generator states in checkpoints: --resume is exact
+                dict(type='beit_plugin.RNGStateHook')]
 log_processor = dict(
     by_epoch=False,
     # CodebookUsageHook averages over its own window: log its last value

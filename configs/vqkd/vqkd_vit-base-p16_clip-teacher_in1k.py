@@ -83,9 +83,12 @@ optim_wrapper = dict(
     constructor='beit_plugin.FrozenParamsOptimWrapperConstructor',
     optimizer=dict(
         type='AdamW', lr=2e-4, betas=(0.9, 0.99), weight_decay=1e-4),
+    # The official VQ-KD recipe (beit2 optim_factory.get_parameter_groups
+    # with the model's no_weight_decay()) decays no 1-d parameter (norms,
+    # biases, q_bias / v_bias, layer scales) and neither token nor position
+    # embedding; bias_decay_mult would miss q_bias / v_bias.
     paramwise_cfg=dict(
-        norm_decay_mult=0.,
-        bias_decay_mult=0.,
+        flat_decay_mult=0.,
         custom_keys={
             'pos_embed': dict(decay_mult=0.),
             'cls_token': dict(decay_mult=0.),
@@ -114,7 +117,13 @@ default_hooks = dict(
     checkpoint=dict(type='beit_plugin.AtomicCheckpointHook', interval=20,
                     max_keep_ckpts=2))
 custom_hooks = [dict(type='CodebookUsageHook', window=100),
-                dict(type='beit_plugin.NonFiniteCheckHook')]
+                dict(type='beit_plugin.NonFiniteCheckHook'),
+                # random generator states in checkpoints: --resume is exact
+                dict(type='beit_plugin.RNGStateHook')]
+# a fixed seed: MMEngine seeds the data sampler and the loader workers
+# before it reads a checkpoint, so --resume is exact only with the seed the
+# run started with (randomness.seed=None draws a new one)
+randomness = dict(seed=0)
 # CodebookUsageHook averages over its own window: log its last value
 log_processor = dict(custom_cfg=[
     dict(data_src='codebook/usage', method_name='mean', window_size=1),

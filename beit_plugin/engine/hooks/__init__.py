@@ -2,8 +2,9 @@ from .atomic_checkpoint import AtomicCheckpointHook
 from .class_count_check import ClassCountCheckHook
 from .codebook_usage import CodebookUsageHook
 from .non_finite_check import NonFiniteCheckHook
+from .rng_state import RNGStateHook
 
 __all__ = [
     'AtomicCheckpointHook', 'ClassCountCheckHook', 'CodebookUsageHook',
-    'NonFiniteCheckHook'
+    'NonFiniteCheckHook', 'RNGStateHook'
 ]

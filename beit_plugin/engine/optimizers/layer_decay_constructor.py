@@ -1,10 +1,12 @@
 """Layer-wise learning-rate decay for fine-tuning our BEiT backbone.
 
 The rules of the official BEiT code (``LayerDecayValueAssigner`` and
-``get_parameter_groups``) in the form of an MMEngine optimizer wrapper
-constructor.
+``get_parameter_groups`` of unilm ``beit/optim_factory.py``, the
+segmentation ``LayerDecayOptimizerConstructor``) in the form of an MMEngine
+optimizer wrapper constructor.
 """
-from typing import Dict, List, Optional, Tuple
+from fnmatch import fnmatchcase
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
@@ -18,10 +20,13 @@ EMBEDDING_NAMES = ('cls_token', 'mask_token', 'pos_embed')
 #: (The shared ``rel_pos_bias.*`` is not one: the official
 #: ``get_num_layer_for_vit`` gives it the last id, ``num_max_layer - 1``.)
 EMBEDDING_PREFIXES = ('patch_embed.', )
-#: Parameter names (last component) that never get weight decay.
-NO_DECAY_NAMES = ('pos_embed', 'cls_token', 'mask_token',
-                  'relative_position_bias_table')
-PARAMWISE_KEYS = ('layer_decay_rate', 'num_layers', 'custom_keys')
+#: The default ``no_decay_names``: the official classification recipe's
+#: skip list, ``VisionTransformer.no_weight_decay()`` of unilm
+#: ``beit/modeling_finetune.py`` (``run_class_finetuning.py`` without
+#: ``--disable_weight_decay_on_rel_pos_bias``).
+FINETUNE_NO_DECAY_NAMES = ('pos_embed', 'cls_token')
+PARAMWISE_KEYS = ('layer_decay_rate', 'num_layers', 'no_decay_names',
+                  'custom_keys')
 CUSTOM_KEY_FIELDS = ('lr_mult', 'decay_mult')
 
 
@@ -54,13 +59,21 @@ def get_layer_id(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def is_no_decay(name: str, param: nn.Parameter) -> bool:
-    """Whether a parameter is excluded from weight decay: every 1-D parameter
-    (norms, biases, ``q_bias``/``v_bias``, ``gamma_1``/``gamma_2``), names
-    ending in ``.bias``, and ``pos_embed``, ``cls_token``, ``mask_token`` and
-    ``relative_position_bias_table`` (as in BEiT fine-tuning)."""
-    return (param.ndim == 1 or name.endswith('.bias')
-            or name.rsplit('.', 1)[-1] in NO_DECAY_NAMES)
+def is_no_decay(name: str, param: nn.Parameter,
+                backbone_name: Optional[str] = None,
+                no_decay_names: Sequence[str] = FINETUNE_NO_DECAY_NAMES
+                ) -> bool:
+    """Whether a parameter is excluded from weight decay, by the official
+    ``get_parameter_groups`` rule: every parameter of at most one dimension
+    (norms, biases, ``q_bias``/``v_bias``, ``gamma_1``/``gamma_2``), every
+    ``name`` ending in ``.bias``, and backbone parameters whose
+    ``backbone_name`` (relative to the backbone, e.g. ``cls_token``,
+    ``blocks.0.attn.relative_position_bias_table``; None outside it) matches
+    one of the ``fnmatch`` patterns ``no_decay_names``."""
+    return (param.ndim <= 1 or name.endswith('.bias')
+            or backbone_name is not None
+            and any(fnmatchcase(backbone_name, pattern)
+                    for pattern in no_decay_names))
 
 
 def find_beit(model: nn.Module) -> Optional[Tuple[str, BEiT]]:
@@ -82,10 +95,12 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     ``i`` and ``N + 1`` for the rest (final norms, heads, necks). Its
     learning rate is ``lr * layer_decay_rate ** (N + 1 - layer_id)``. Its
     weight decay is the optimizer's ``weight_decay``, or 0 for the parameters
-    of :func:`is_no_decay`. Parameters with ``requires_grad=False`` are left
-    out. Parameters are grouped by (layer id, decay or not, custom key) like
-    the official BEiT code; each group also records ``layer_id`` and
-    ``lr_scale`` (``lr / base lr``), which optimizers ignore.
+    of :func:`is_no_decay`: 1-d parameters, biases and the backbone
+    parameters ``no_decay_names`` lists. Parameters with
+    ``requires_grad=False`` are left out. Parameters are grouped by (layer
+    id, decay or not, custom key) like the official BEiT code; each group
+    also records ``layer_id`` and ``lr_scale`` (``lr / base lr``), which
+    optimizers ignore.
 
     The backbone is the first :class:`BEiT` module of the model (e.g.
     ``backbone`` of an MMPretrain ``ImageClassifier`` or an MMSegmentation
@@ -97,6 +112,23 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     - ``num_layers`` (int, optional): ``N``; defaults to the number of blocks
       of the BEiT backbone. Without a BEiT in the model, it is required and
       the model's own parameter names are read as backbone names.
+    - ``no_decay_names`` (sequence of str, optional): backbone parameter
+      names (relative to the backbone, ``fnmatch`` patterns) without weight
+      decay besides 1-d parameters and biases. The recipes differ:
+
+      - ``('pos_embed', 'cls_token')`` (the default): official
+        classification fine-tuning, ``run_class_finetuning.py`` with the
+        model's ``no_weight_decay()``; the relative position tables are
+        decayed.
+      - add ``'blocks.*.attn.relative_position_bias_table'`` for its
+        ``--disable_weight_decay_on_rel_pos_bias``.
+      - ``()``: the official segmentation ``LayerDecayOptimizerConstructor``,
+        whose test ``name in ('pos_embed', 'cls_token')`` sees full names
+        (``backbone.cls_token``) and so never matches: CLS token, position
+        embedding and relative position tables are all decayed.
+
+      No recipe exempts the mask token: the official fine-tuning and
+      segmentation models have none, and pretraining decays it.
     - ``custom_keys`` (dict, optional): ``{substring: dict(lr_mult=...,
       decay_mult=...)}`` multiplied on top of the rules above for the
       parameters whose full name contains the substring (the longest
@@ -108,7 +140,8 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             type='OptimWrapper',
             optimizer=dict(type='AdamW', lr=4e-3, weight_decay=0.05),
             constructor='LayerDecayOptimWrapperConstructor',
-            paramwise_cfg=dict(layer_decay_rate=0.65))
+            paramwise_cfg=dict(layer_decay_rate=0.65,
+                               no_decay_names=('pos_embed', 'cls_token')))
     """
 
     def _validate_cfg(self) -> None:
@@ -122,6 +155,13 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                              f'supported; use {list(PARAMWISE_KEYS)}')
         if 'layer_decay_rate' not in self.paramwise_cfg:
             raise ValueError('paramwise_cfg needs `layer_decay_rate`')
+        names = self.paramwise_cfg.get('no_decay_names', ())
+        if isinstance(names, str) or \
+                not all(isinstance(name, str) for name in names):
+            raise ValueError(
+                'paramwise_cfg.no_decay_names must be a sequence of '
+                f'parameter names, e.g. {FINETUNE_NO_DECAY_NAMES}; got '
+                f'{names!r}')
         for key, value in self.paramwise_cfg.get('custom_keys', {}).items():
             unknown = set(value) - set(CUSTOM_KEY_FIELDS)
             if unknown:
@@ -149,15 +189,25 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         ``params``, following the rules of the class docstring."""
         prefix, num_layers = self._backbone_prefix_and_depth(module)
         decay_rate = self.paramwise_cfg['layer_decay_rate']
+        no_decay_names = self.paramwise_cfg.get('no_decay_names',
+                                                FINETUNE_NO_DECAY_NAMES)
+        full = [n for n in no_decay_names if prefix and n.startswith(prefix)]
+        if full:
+            # the official segmentation constructor's silent no-op
+            raise ValueError(
+                f'no_decay_names {full} start with {prefix!r}: they are '
+                'names relative to the backbone (e.g. cls_token)')
         custom_keys = self.paramwise_cfg.get('custom_keys', {})
         sorted_keys = sorted(sorted(custom_keys), key=len, reverse=True)
         groups: Dict[Tuple[int, bool, Optional[str]], Dict] = {}
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
-            layer_id = get_layer_id(name[len(prefix):], num_layers) \
-                if name.startswith(prefix) else num_layers + 1
-            no_decay = is_no_decay(name, param)
+            backbone_name = name[len(prefix):] \
+                if name.startswith(prefix) else None
+            layer_id = num_layers + 1 if backbone_name is None else \
+                get_layer_id(backbone_name, num_layers)
+            no_decay = is_no_decay(name, param, backbone_name, no_decay_names)
             key = next((k for k in sorted_keys if k in name), None)
             group_key = (layer_id, no_decay, key)
             if group_key not in groups:

@@ -7,7 +7,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from mmengine.model.weight_init import trunc_normal_
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -16,6 +15,8 @@ from beit_plugin.registry import MODELS
 from .relative_position import (RelativePositionBias, infer_window,
                                 resize_relative_position_table)
 from .transformer_block import Block
+from .weight_init import (FINETUNE, check_init_mode, init_module_,
+                          rescale_output_projections_, trunc_normal_init_)
 
 OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap')
 
@@ -136,6 +137,16 @@ class BEiT(BaseBackbone):
             embeddings (pretraining). Defaults to False.
         with_cp (bool): gradient checkpointing of each block while training.
             Defaults to False.
+        init_mode (str): the official initialisation this model starts from
+            (see :mod:`~beit_plugin.models.backbones.weight_init`):
+            ``'modeling_pretrain'`` (unilm's
+            ``VisionTransformerForMaskedImageModeling``: std 0.02 truncated
+            at +-0.02, patch-embedding conv included), which every
+            pretraining config sets, or ``'modeling_finetune'`` (unilm's
+            ``VisionTransformer``: untruncated std 0.02, PyTorch's default
+            patch-embedding conv), the model classification, segmentation
+            and VQ-KD build. A checkpoint loaded through ``init_cfg``
+            replaces it. Defaults to ``'modeling_finetune'``.
         init_cfg (dict, optional): MMEngine initialisation config, e.g.
             ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``.
 
@@ -181,8 +192,10 @@ class BEiT(BaseBackbone):
                  layer_scale_init_value: float = 0.1,
                  use_mask_token: bool = False,
                  with_cp: bool = False,
+                 init_mode: str = FINETUNE,
                  init_cfg: Optional[Dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
+        self.init_mode = check_init_mode(init_mode)
         self.arch_settings = self._arch_settings(arch)
         dims = self.arch_settings['embed_dims']
         depth = self.arch_settings['num_layers']
@@ -266,25 +279,18 @@ class BEiT(BaseBackbone):
         return tuple(result)
 
     def _init_parameters(self) -> None:
-        """Initialisation of the official BEiT code: truncated normal (0.02)
-        for tokens, position embedding and linear weights, zero biases and
-        relative position tables, unit LayerNorms, and block ``i``'s output
-        projections scaled by ``1/sqrt(2*(i+1))``."""
+        """The official initialisation of ``init_mode``: tokens and position
+        embedding from the mode's truncated normal, then every module as the
+        official ``_init_weights`` (Linear, for pretraining also the
+        patch-embedding conv, and LayerNorm), then block ``i``'s output
+        projections divided by ``sqrt(2 (i + 1))``. Relative position tables
+        stay zero, as there."""
         for param in (self.cls_token, self.mask_token, self.pos_embed):
             if param is not None:
-                trunc_normal_(param, std=.02)
+                trunc_normal_init_(param, self.init_mode)
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        with torch.no_grad():
-            for i, block in enumerate(self.blocks):
-                block.attn.proj.weight.div_(math.sqrt(2.0 * (i + 1)))
-                block.mlp.fc2.weight.div_(math.sqrt(2.0 * (i + 1)))
+            init_module_(module, self.init_mode)
+        rescale_output_projections_(self.blocks)
 
     def init_weights(self) -> None:
         """Load ``init_cfg`` (e.g. a pretrained checkpoint) if one is set;

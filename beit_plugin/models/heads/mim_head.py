@@ -4,9 +4,9 @@ from typing import Dict, Sequence, Union
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
-from mmengine.model.weight_init import trunc_normal_
 from torch import nn
 
+from beit_plugin.models.backbones.weight_init import PRETRAIN, init_module_
 from beit_plugin.registry import MODELS
 
 Features = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -17,6 +17,7 @@ class BEiTMIMHead(BaseModule):
     """Linear classifier from patch features to the tokenizer's vocabulary,
     trained with cross-entropy against the tokenizer's ids at masked patches
     only (BEiT v1 and v2; v2's patch-aggregation branch shares it).
+    Initialised as the official pretraining model's ``lm_head``.
 
     Args:
         in_channels (int): feature channels ``C``.
@@ -29,8 +30,9 @@ class BEiTMIMHead(BaseModule):
         super().__init__(init_cfg=init_cfg)
         self.num_embed = num_embed
         self.cls_head = nn.Linear(in_channels, num_embed)
-        trunc_normal_(self.cls_head.weight, std=.02)  # the official init
-        nn.init.zeros_(self.cls_head.bias)
+        # the official lm_head: std 0.02 truncated at +-0.02, zero bias
+        # (modeling_pretrain.py, VisionTransformerForMaskedImageModeling)
+        init_module_(self.cls_head, PRETRAIN)
 
     def forward(self, feats: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:

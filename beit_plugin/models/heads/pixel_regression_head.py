@@ -4,9 +4,9 @@ from typing import Dict, Sequence, Union
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
-from mmengine.model.weight_init import trunc_normal_
 from torch import nn
 
+from beit_plugin.models.backbones.weight_init import PRETRAIN, init_module_
 from beit_plugin.registry import MODELS
 
 Features = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -30,8 +30,8 @@ class PixelRegressionHead(BaseModule):
         super().__init__(init_cfg=init_cfg)
         self.out_channels = out_channels
         self.reg_head = nn.Linear(in_channels, out_channels)
-        trunc_normal_(self.reg_head.weight, std=.02)
-        nn.init.zeros_(self.reg_head.bias)
+        # as the official lm_head it replaces (modeling_pretrain.py)
+        init_module_(self.reg_head, PRETRAIN)
 
     def forward(self, feats: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:

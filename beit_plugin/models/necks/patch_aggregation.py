@@ -1,15 +1,15 @@
 """BEiT v2's patch aggregation: the last layer's CLS token with an early
 layer's patch tokens through a shallow transformer, so that the CLS token has
 to carry global information (the v2 paper's recipe)."""
-import math
 from typing import Optional, Sequence, Tuple
 
 import torch
 from mmengine.model import BaseModule
-from mmengine.model.weight_init import trunc_normal_
 from torch import nn
 
 from beit_plugin.models.backbones.transformer_block import Block
+from beit_plugin.models.backbones.weight_init import \
+    rescale_output_projections_
 from beit_plugin.registry import MODELS
 
 
@@ -20,6 +20,15 @@ class BEiTV2PatchAggregation(BaseModule):
     Pair it with a backbone built with ``final_norm=False`` and
     ``out_indices=(early_layers - 1, -1)``: the shared ``norm`` here is the
     official model's final norm.
+
+    Initialisation: the official ``cls_pt_layers``
+    (``beit2/modeling_pretrain.py``,
+    ``VisionTransformerForMaskedImageModelingCLS.__init__``) are built after
+    the parent's ``self.apply(self._init_weights)`` and so keep PyTorch's
+    default Linear init (weights and biases uniform in
+    ``+-1/sqrt(fan_in)``); only ``fix_init_cls_pt_weight`` then divides the
+    ``attn.proj`` / ``mlp.fc2`` weights of block ``i`` by
+    ``sqrt(2 (early_layers + i + 1))``. This branch does the same.
 
     Args:
         embed_dims (int): channels ``C``.
@@ -58,16 +67,7 @@ class BEiTV2PatchAggregation(BaseModule):
             for i in range(num_layers)
         ])
         self.norm = nn.LayerNorm(embed_dims, eps=norm_eps)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        with torch.no_grad():
-            for i, block in enumerate(self.cls_pt_layers):
-                scale = math.sqrt(2.0 * (early_layers + i + 1))
-                block.attn.proj.weight.div_(scale)
-                block.mlp.fc2.weight.div_(scale)
+        rescale_output_projections_(self.cls_pt_layers, early_layers + 1)
 
     def forward(self, inputs: Sequence[torch.Tensor], grid: Tuple[int, int],
                 shared_bias: Optional[torch.Tensor] = None

@@ -47,11 +47,16 @@ class DiscreteVAE(Tokenizer):
     codebook ``(K, codebook_dim)`` with it, and the decoder (4x4 stride-2
     transposed convs with residual blocks, then a 1x1 conv) reconstructs
     the input. Loss: reconstruction (MSE or smooth L1, on the normalised
-    input) plus ``kl_div_loss_weight`` times KL(q || uniform), averaged over
-    token positions. The temperature anneals per training step as
-    ``max(temperature * exp(-anneal_rate * step), min_temperature)``; the
-    step count is a buffer, so a resumed run continues the schedule. Token
-    ids are the argmax of the logits.
+    input) plus ``kl_div_loss_weight`` times KL(q || uniform) summed over the
+    codes, the token positions and the batch, as the official ``DiscreteVAE``
+    (unilm ``beit/modeling_discrete_vae.py``, from lucidrains' DALLE-pytorch)
+    computes it: its ``F.kl_div(log_uniform, log_qy, None, None,
+    'batchmean', log_target=True)`` divides the sum by the first dimension of
+    ``log_uniform``, which has one element. So the weight means what it means
+    there, at the same batch size per device. The temperature anneals per
+    training step as ``max(temperature * exp(-anneal_rate * step),
+    min_temperature)``; the step count is a buffer, so a resumed run
+    continues the schedule. Token ids are the argmax of the logits.
 
     Args:
         num_tokens (int): vocabulary ``K``. Defaults to 8192.
@@ -67,8 +72,8 @@ class DiscreteVAE(Tokenizer):
             the temperature. Defaults to 0.
         straight_through (bool): hard one-hot samples with straight-through
             gradients. Defaults to False.
-        kl_div_loss_weight (float): weight of KL to the uniform prior.
-            Defaults to 0.
+        kl_div_loss_weight (float): weight of KL to the uniform prior (a sum,
+            see above). Defaults to 0.
         recon_loss (str): ``'mse'`` or ``'smooth_l1'``. Defaults to 'mse'.
         input_norm (dict): input normalisation (0-255 RGB). Defaults to
             ``[-1, 1]``.
@@ -162,8 +167,8 @@ class DiscreteVAE(Tokenizer):
             temperature=torch.tensor(temperature, device=inputs.device))
         if self.kl_div_loss_weight > 0:
             log_q = F.log_softmax(logits, dim=1)
-            kl = (log_q.exp() * (log_q + math.log(self.vocab_size))).sum(1)
-            losses['loss_kl'] = self.kl_div_loss_weight * kl.mean()
+            kl = (log_q.exp() * (log_q + math.log(self.vocab_size))).sum()
+            losses['loss_kl'] = self.kl_div_loss_weight * kl
         if self.training:
             with torch.no_grad():
                 counts = torch.bincount(

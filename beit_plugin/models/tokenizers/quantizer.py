@@ -10,6 +10,10 @@ from mmengine.dist import all_reduce, broadcast, get_rank, get_world_size
 from torch import nn
 
 
+#: The codebook update rules of :class:`NormEMAVectorQuantizer`.
+CODEBOOK_UPDATES = ('norm_ema', 'sum_ema')
+
+
 def l2norm(x: torch.Tensor) -> torch.Tensor:
     """L2-normalise the last dimension."""
     return F.normalize(x, p=2, dim=-1)
@@ -84,17 +88,27 @@ class NormEMAVectorQuantizer(nn.Module):
     """Vector quantizer with an L2-normalised, EMA-updated codebook (VQ-KD).
 
     Inputs are L2-normalised and assigned to the code of highest cosine
-    similarity. In training mode, each step updates, after an all-reduce
-    over ranks of the per-code counts ``n_k`` and vector sums ``s_k``::
+    similarity. In training mode, each step all-reduces over ranks the
+    per-code counts ``n_k`` and vector sums ``s_k``, keeps their EMAs::
 
         cluster_size = decay * cluster_size + (1 - decay) * n_k
         embed_avg    = decay * embed_avg    + (1 - decay) * s_k
-        weight_k     = embed_avg_k / |embed_avg_k|   (codes with n_k > 0)
 
-    (The Euclidean EMA quantizer divides ``embed_avg`` by the smoothed
-    cluster size; on unit vectors that only rescales, so the code is the
-    direction of its EMA sum.) Codes that receive nothing, or whose EMA sum
-    is shorter than ``eps``, keep their value. The output is the
+    and moves every code with ``n_k > 0`` by one of two rules (codes that
+    receive nothing keep their value):
+
+    - ``'norm_ema'`` (default; the official BEiT v2 ``norm_ema_inplace`` of
+      ``NormEMAVectorQuantizer``): a fixed step toward the direction of the
+      code's batch mean, ``w_k = l2norm(decay * w_k + (1 - decay) *
+      l2norm(s_k))``.
+    - ``'sum_ema'`` (taming-style): the code is the direction of its EMA sum,
+      ``w_k = embed_avg_k / |embed_avg_k|`` (if longer than ``eps``). The
+      Euclidean EMA quantizer divides ``embed_avg`` by the smoothed cluster
+      size; on unit vectors that only rescales. A code that was idle for
+      long has a short ``embed_avg``, so one step's few vectors move it
+      almost all the way onto them.
+
+    The output is the
     straight-through estimate ``z + sg(e - z)``, and the loss is the
     commitment term ``beta * mse(z, sg(e))`` (the codebook learns by EMA,
     not by gradient).
@@ -115,8 +129,10 @@ class NormEMAVectorQuantizer(nn.Module):
         embed_dims (int): code dimension ``D``.
         beta (float): commitment loss weight. Defaults to 1.
         decay (float): EMA decay. Defaults to 0.99.
-        eps (float): minimal EMA-sum norm for a code to be updated.
-            Defaults to 1e-5.
+        eps (float): minimal EMA-sum norm for a code to be updated by
+            ``'sum_ema'``. Defaults to 1e-5.
+        codebook_update (str): ``'norm_ema'`` (official) or ``'sum_ema'``,
+            see above. Defaults to ``'norm_ema'``.
         kmeans_init (bool): k-means initialisation on the first training
             batch; otherwise random unit codes. Defaults to True.
         kmeans_iters (int): k-means rounds. Defaults to 10.
@@ -135,11 +151,16 @@ class NormEMAVectorQuantizer(nn.Module):
                  beta: float = 1.0,
                  decay: float = 0.99,
                  eps: float = 1e-5,
+                 codebook_update: str = 'norm_ema',
                  kmeans_init: bool = True,
                  kmeans_iters: int = 10,
                  restart_dead_codes: bool = False,
                  dead_code_threshold: float = 0.1) -> None:
         super().__init__()
+        if codebook_update not in CODEBOOK_UPDATES:
+            raise ValueError(f'codebook_update={codebook_update!r}: expected '
+                             f'one of {CODEBOOK_UPDATES}')
+        self.codebook_update = codebook_update
         self.num_embed = num_embed
         self.embed_dims = embed_dims
         self.beta = beta
@@ -218,11 +239,16 @@ class NormEMAVectorQuantizer(nn.Module):
         book = self.embedding
         book.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         book.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        norms = book.embed_avg.norm(dim=1, keepdim=True)
-        update = (counts[:, None] > 0) & (norms > self.eps)
-        book.weight.copy_(
-            torch.where(update, book.embed_avg / norms.clamp_min(self.eps),
-                        book.weight))
+        used = counts[:, None] > 0
+        if self.codebook_update == 'norm_ema':
+            step = book.weight * self.decay + l2norm(sums) * (1 - self.decay)
+            book.weight.copy_(torch.where(used, l2norm(step), book.weight))
+        else:
+            norms = book.embed_avg.norm(dim=1, keepdim=True)
+            book.weight.copy_(
+                torch.where(used & (norms > self.eps),
+                            book.embed_avg / norms.clamp_min(self.eps),
+                            book.weight))
         if self.restart_dead_codes:
             self._restart_dead_codes(flat, 1 - (flat * codes).sum(dim=1))
 

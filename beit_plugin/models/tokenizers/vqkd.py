@@ -5,17 +5,19 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from mmengine.model.weight_init import trunc_normal_
 from torch import nn
 
 from beit_plugin.registry import MODELS
 from ..backbones import BEiT
+from ..backbones.weight_init import FINETUNE, init_module_
 from .base import SYMMETRIC_NORM, Norm, Tokenizer
 from .quantizer import NormEMAVectorQuantizer
 
 # The official VQ-KD ViTs: absolute positions, no relative bias, no layer
-# scale, final norm, all tokens returned.
+# scale, final norm, all tokens returned, and the initialisation of the
+# fine-tuning VisionTransformer they are (beit2/modeling_vqkd.py, VQKD)
 VIT_DEFAULTS = dict(
+    init_mode=FINETUNE,
     use_abs_pos_emb=True,
     use_rel_pos_bias=False,
     use_shared_rel_pos_bias=False,
@@ -62,6 +64,9 @@ class VQKDTokenizer(Tokenizer):
         beta (float): commitment loss weight. Defaults to 1.
         decay (float): codebook EMA decay. Defaults to 0.99.
         eps (float): see :class:`NormEMAVectorQuantizer`. Defaults to 1e-5.
+        codebook_update (str): the codebook rule, ``'norm_ema'`` (official)
+            or ``'sum_ema'``, see :class:`NormEMAVectorQuantizer`. Defaults
+            to ``'norm_ema'``.
         kmeans_init (bool): k-means init of the codebook on the first
             training batch. Defaults to True.
         restart_dead_codes (bool): re-seed dead codes from the batch.
@@ -85,6 +90,7 @@ class VQKDTokenizer(Tokenizer):
                  beta: float = 1.0,
                  decay: float = 0.99,
                  eps: float = 1e-5,
+                 codebook_update: str = 'norm_ema',
                  kmeans_init: bool = True,
                  restart_dead_codes: bool = False,
                  dead_code_threshold: float = 0.1,
@@ -104,6 +110,7 @@ class VQKDTokenizer(Tokenizer):
             beta=beta,
             decay=decay,
             eps=eps,
+            codebook_update=codebook_update,
             kmeans_init=kmeans_init,
             restart_dead_codes=restart_dead_codes,
             dead_code_threshold=dead_code_threshold)
@@ -121,11 +128,10 @@ class VQKDTokenizer(Tokenizer):
             self.decoder = BEiT(**{**VIT_DEFAULTS, **decoder, **fixed})
             self.decode_task_layer = _task_layer(self.decoder.embed_dims,
                                                  target_dims)
+        # the official VQKD._init_weights: timm's trunc_normal_(std=.02)
         for layer in (self.encode_task_layer, self.decode_task_layer):
             for module in layer or ():
-                if isinstance(module, nn.Linear):
-                    trunc_normal_(module.weight, std=.02)
-                    nn.init.zeros_(module.bias)
+                init_module_(module, FINETUNE)
         self._register_state_dict_hook(self._drop_teacher)
         self._register_load_state_dict_pre_hook(self.adapt_state_dict)
         self._built()

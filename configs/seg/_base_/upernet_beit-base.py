@@ -78,7 +78,14 @@ optim_wrapper = dict(
     optimizer=dict(
         type='AdamW', lr=7e-4, betas=(0.9, 0.999), weight_decay=0.05),
     constructor='beit_plugin.LayerDecayOptimWrapperConstructor',
-    paramwise_cfg=dict(layer_decay_rate=0.65))
+    # the official segmentation recipe's weight decay (unilm beit/ and beit2/
+    # semantic_segmentation/mmcv_custom/layer_decay_optimizer_constructor.py,
+    # LayerDecayOptimizerConstructor.add_params): its exemption
+    # `name in ('pos_embed', 'cls_token')` sees the segmentor's full names
+    # ('backbone.cls_token') and never matches, so only 1-d parameters and
+    # biases go without decay; cls_token and the relative position tables are
+    # decayed
+    paramwise_cfg=dict(layer_decay_rate=0.65, no_decay_names=()))
 
 # poly (power 1) to 0 after a linear warmup of 1500 iterations from 1e-6
 param_scheduler = [
@@ -97,4 +104,10 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000,
                  val_interval=16000)
 # the base's checkpoints, written atomically; stop at a NaN / infinite loss
 default_hooks = dict(checkpoint=dict(type='beit_plugin.AtomicCheckpointHook'))
-custom_hooks = [dict(type='beit_plugin.NonFiniteCheckHook')]
+custom_hooks = [dict(type='beit_plugin.NonFiniteCheckHook'),
+                # random generator states in checkpoints: --resume is exact
+                dict(type='beit_plugin.RNGStateHook')]
+# a fixed seed: MMEngine seeds the data sampler and the loader workers
+# before it reads a checkpoint, so --resume is exact only with the seed the
+# run started with (randomness.seed=None draws a new one)
+randomness = dict(seed=0)
