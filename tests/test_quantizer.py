@@ -19,19 +19,17 @@ def make(num_embed: int = 2, dims: int = 2,
     return NormEMAVectorQuantizer(num_embed, dims, **kwargs).train()
 
 
-def set_state(q: NormEMAVectorQuantizer, weight, cluster_size, embed_avg):
+def set_state(q: NormEMAVectorQuantizer, weight, cluster_size):
     q.embedding.weight.copy_(torch.tensor(weight))
     q.embedding.cluster_size.copy_(torch.tensor(cluster_size))
-    q.embedding.embed_avg.copy_(torch.tensor(embed_avg))
 
 
 def test_official_norm_ema_update_hand_computed():
     """The official ``norm_ema_inplace``: a used code moves by ``1 - decay``
     toward the direction of its batch mean, then is renormalised; an unused
-    code keeps its value, and ``embed_avg`` plays no part."""
+    code keeps its value."""
     q = make(num_embed=3, decay=0.9)
-    set_state(q, [[1., 0.], [0., 1.], [-1., 0.]], [5., 5., 5.],
-              [[1e-3, 0.], [0., 1e-3], [0., 0.]])  # short sums: no effect
+    set_state(q, [[1., 0.], [0., 1.], [-1., 0.]], [5., 5., 5.])
     # (0.6, 0.8) and (0, 2) go to code 1; (3, -4) (unit (0.6, -0.8)) to 0
     z = torch.tensor([[0.6, 0.8], [0., 2.], [3., -4.]])
     _, _, ids = q(z)
@@ -63,30 +61,6 @@ def test_norm_ema_steps_equal_mmpretrains_quantizer():
         assert torch.allclose(ours.embedding.weight, peer.embedding.weight,
                               atol=1e-6)
     assert torch.allclose(ours.embedding.cluster_size, peer.cluster_size)
-
-
-def test_unknown_codebook_update_is_refused():
-    with pytest.raises(ValueError, match="codebook_update='ema'"):
-        make(codebook_update='ema')
-
-
-def test_sum_ema_update_hand_computed():
-    q = make(decay=0.5, codebook_update='sum_ema')
-    set_state(q, [[1., 0.], [0., 1.]], [2., 2.], [[2., 0.], [0., 2.]])
-    # (1, 0) and (0.8, 0.6) are nearest to code 0, (0, 3) (norm 3) to code 1
-    z = torch.tensor([[1., 0.], [0.8, 0.6], [0., 3.]])
-    _, _, ids = q(z)
-    assert ids.tolist() == [0, 0, 1]
-    book = q.embedding
-    # counts (2, 1); sums (1.8, 0.6) and (0, 1) of the normalised inputs
-    assert torch.allclose(book.cluster_size, torch.tensor([2.0, 1.5]))
-    assert torch.allclose(book.embed_avg,
-                          torch.tensor([[1.9, 0.3], [0.0, 1.5]]))
-    norm0 = math.sqrt(1.9**2 + 0.3**2)
-    assert torch.allclose(book.weight,
-                          torch.tensor([[1.9 / norm0, 0.3 / norm0],
-                                        [0.0, 1.0]]))
-    assert q.last_counts.tolist() == [2., 1.]
 
 
 def test_codes_without_vectors_keep_their_value():
@@ -143,15 +117,12 @@ def test_kmeans_init_runs_once_and_survives_save_and_load(monkeypatch):
     assert torch.equal(ids, expected_ids)
 
 
-def test_kmeans_init_sets_consistent_ema_state():
+def test_kmeans_init_sets_the_usage_of_the_batch():
     q = make(num_embed=4, dims=2, kmeans_init=True)
     centres = F.normalize(torch.randn(4, 2), dim=1)
     z = (centres.repeat_interleave(16, 0) + 0.01 * torch.randn(64, 2))
     q(z)  # k-means, then one EMA step
-    book = q.embedding
-    assert torch.allclose(book.cluster_size.sum(), torch.tensor(64.))
-    assert torch.allclose(
-        F.normalize(book.embed_avg, dim=1), book.weight, atol=1e-6)
+    assert torch.allclose(q.embedding.cluster_size.sum(), torch.tensor(64.))
 
 
 def test_kmeans_cosine_converges_to_normalised_cluster_means():
@@ -292,8 +263,7 @@ def test_distributed_ranks_share_one_codebook(tmp_path):
             both = [torch.cat(pair) for pair in zip(_batches(0), _batches(1))]
             joint = _single_process(options, both)
             only_rank0 = _single_process(options, _batches(0))
-            for key in ('embedding.weight', 'embedding.cluster_size',
-                        'embedding.embed_avg'):
+            for key in ('embedding.weight', 'embedding.cluster_size'):
                 assert torch.allclose(states[0][key], joint[key], atol=1e-5)
             assert not torch.allclose(states[0]['embedding.cluster_size'],
                                       only_rank0['embedding.cluster_size'])

@@ -63,10 +63,6 @@ class VQKDTokenizer(Tokenizer):
         embed_dims (int): code dimension ``D``. Defaults to 32.
         beta (float): commitment loss weight. Defaults to 1.
         decay (float): codebook EMA decay. Defaults to 0.99.
-        eps (float): see :class:`NormEMAVectorQuantizer`. Defaults to 1e-5.
-        codebook_update (str): the codebook rule, ``'norm_ema'`` (official)
-            or ``'sum_ema'``, see :class:`NormEMAVectorQuantizer`. Defaults
-            to ``'norm_ema'``.
         kmeans_init (bool): k-means init of the codebook on the first
             training batch. Defaults to True.
         restart_dead_codes (bool): re-seed dead codes from the batch.
@@ -89,8 +85,6 @@ class VQKDTokenizer(Tokenizer):
                  embed_dims: int = 32,
                  beta: float = 1.0,
                  decay: float = 0.99,
-                 eps: float = 1e-5,
-                 codebook_update: str = 'norm_ema',
                  kmeans_init: bool = True,
                  restart_dead_codes: bool = False,
                  dead_code_threshold: float = 0.1,
@@ -109,8 +103,6 @@ class VQKDTokenizer(Tokenizer):
             embed_dims,
             beta=beta,
             decay=decay,
-            eps=eps,
-            codebook_update=codebook_update,
             kmeans_init=kmeans_init,
             restart_dead_codes=restart_dead_codes,
             dead_code_threshold=dead_code_threshold)
