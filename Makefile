@@ -10,13 +10,16 @@ EXTRAS := $(if $(filter none,$(MMCV)),,$(MMCV))
 TEST_EXTRAS := $(if $(EXTRAS),$(EXTRAS)$(comma)tests,tests)
 STAMP := $(PREFIX)/.beit-plugin-install
 
-.PHONY: demo test install install-tests
+.PHONY: demo test lint install install-tests
 
 demo: $(STAMP)-runtime
 	$(PYTHON) tools/train.py configs/beit_pretrain.py
 
 test: $(STAMP)-tests
 	$(PYTHON) -m pytest
+
+lint: $(STAMP)-tests
+	$(PYTHON) -m ruff check .
 
 install: $(STAMP)-runtime
 install-tests: $(STAMP)-tests

@@ -51,6 +51,8 @@ setup(
         'lite': ['mmcv-lite>=2.0.0,<2.2.0'],
         'full': ['mmcv>=2.0.0,<2.2.0'],
         # independent implementations our parity tests compare against
-        'tests': ['pytest', 'timm>=1.0', 'transformers>=4.40', 'scipy'],
+        # plus the linter `make lint` and CI run (rules in ruff.toml)
+        'tests': ['pytest', 'timm>=1.0', 'transformers>=4.40', 'scipy',
+                  'ruff'],
     },
 )

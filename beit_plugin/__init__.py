@@ -1,7 +1,7 @@
 """BEiT v1 / v2 for the OpenMMLab stack.
 
-``import beit_plugin`` (or ``custom_imports=dict(imports=['beit_plugin'])`` in a
-config) applies the compatibility fixes of :mod:`beit_plugin.compat` and
+``import beit_plugin`` (or ``custom_imports=dict(imports=['beit_plugin'])``
+in a config) applies the compatibility fixes of :mod:`beit_plugin.compat` and
 registers every component under the ``beit_plugin`` scope; it also lets
 configs inherit the shipped ones as ``beit_plugin::<dir>/<file>.py`` bases
 (:mod:`beit_plugin.package_files`).

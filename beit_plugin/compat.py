@@ -43,8 +43,8 @@ is idempotent), before any upstream model, dataset or runner is built:
    keeps setuptools < 81.)
 7. :func:`drop_scope_from_collate_fn`: a config inheriting an ``mmpretrain::``
    base gets ``_scope_='mmpretrain'`` in every dict of that base, the
-   dataloader's ``collate_fn=dict(type='default_collate')`` included; MMEngine's
-   ``Runner.build_dataloader`` passes that key on to the function
+   dataloader's ``collate_fn=dict(type='default_collate')`` included;
+   MMEngine's ``Runner.build_dataloader`` passes that key on to the function
    (``default_collate() got an unexpected keyword argument '_scope_'``).
    The key is dropped before the collate function is built.
 8. :func:`revert_sync_batchnorm_without_cuda`: MMSegmentation's models use

@@ -1,7 +1,8 @@
 """Registries of the ``beit_plugin`` scope.
 
 Every registry is a child of MMPretrain's registry of the same kind, so that
-MMPretrain's components resolve from our configs (``default_scope='beit_plugin'``).
+MMPretrain's components resolve from our configs
+(``default_scope='beit_plugin'``).
 Each one is also attached to MMEngine's root registry, so that
 ``type='beit_plugin.BEiT'`` resolves from any other scope, e.g. from an
 MMSegmentation config (``default_scope='mmseg'``): MMEngine 0.10 only looks a

@@ -37,8 +37,9 @@ def _users_data(root):
 
 def test_demo_datasets_never_touch_a_users_data(tmp_path):
     files = _users_data(tmp_path / 'data')
-    for dataset, sub, kwargs in ((DemoImageNet, 'imagenet', dict(split='train')),
-                                 (DemoADE20K, 'ade', {})):
+    for dataset, sub, kwargs in (
+            (DemoImageNet, 'imagenet', dict(split='train')),
+            (DemoADE20K, 'ade', {})):
         with pytest.raises(ForeignDataError,
                            match=f"{tmp_path / 'data'} is not a demo data "
                            'folder'):

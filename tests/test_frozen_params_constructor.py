@@ -49,7 +49,8 @@ def groups(optim_wrapper) -> List[tuple]:
 
 def test_same_optimizer_and_one_line_for_the_frozen_parameters(logged):
     model = Student()
-    default = DefaultOptimWrapperConstructor(dict(OPTIM_WRAPPER), PARAMWISE)(model)
+    default = DefaultOptimWrapperConstructor(dict(OPTIM_WRAPPER),
+                                             PARAMWISE)(model)
     warnings = [m for m in logged if 'requires_grad=False' in m]
     assert len(warnings) == 4  # the default: one per frozen tensor
     logged.clear()

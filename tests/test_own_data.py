@@ -153,7 +153,8 @@ def test_pretraining_trains_on_every_image_of_a_folder(images, layout,
 @pytest.mark.parametrize('config, base', [
     (PRETRAIN, ROOT / 'configs/beit_pretrain.py'),
     (PRETRAIN_FULL,
-     ROOT / 'configs/beitv2/beitv2_vit-base-p16_8xb256-amp-coslr-300e_in1k.py'),
+     ROOT / 'configs/beitv2'
+     / 'beitv2_vit-base-p16_8xb256-amp-coslr-300e_in1k.py'),
 ])
 def test_pretraining_configs_change_only_the_data_set(config, base):
     own, recipe = (Config.fromfile(c).to_dict() for c in (config, base))

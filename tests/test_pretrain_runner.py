@@ -29,7 +29,8 @@ from test_compat import free_port, load_tool
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / 'tests'
 RECIPES = {
-    'v1': ROOT / 'configs/beit/beit_vit-base-p16_8xb256-amp-coslr-800e_in1k.py',
+    'v1': ROOT / 'configs/beit/'
+    'beit_vit-base-p16_8xb256-amp-coslr-800e_in1k.py',
     'v2': ROOT / 'configs/beitv2/'
     'beitv2_vit-base-p16_8xb256-amp-coslr-300e_in1k.py',
 }

@@ -4,7 +4,8 @@ Forward + backward of the masked backbone (mask token, shared relative
 position bias, layer scale), same architecture, batch and mask for both, in the
 same process, the two models' steps interleaved so that load from other
 processes hits both alike. Prints the median ms/step of each and their ratio
-(on CUDA also peak memory). ``--demo`` is a small, fast setting for the quick start.
+(on CUDA also peak memory). ``--demo`` is a small, fast setting for the quick
+start.
 
     python tools/benchmark_backbone.py --arch base --img-size 224 --batch 8
 """

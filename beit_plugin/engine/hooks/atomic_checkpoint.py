@@ -162,7 +162,7 @@ class AtomicCheckpointHook(CheckpointHook):
             raise TypeError(
                 f'default_hooks.checkpoint: unknown option '
                 f'{", ".join(hints)}; CheckpointHook takes '
-                f'{", ".join(k for k in known if k not in ("self", "kwargs"))}')
+                + ', '.join(k for k in known if k not in ('self', 'kwargs')))
         super().__init__(*args, **kwargs)
 
     def before_run(self, runner) -> None:

@@ -70,7 +70,8 @@ class RelativePositionBias(nn.Module):
     """A relative position bias table shared by all blocks.
 
     Args:
-        window (tuple[int, int]): patch grid ``(Wh, Ww)`` the table is built for.
+        window (tuple[int, int]): patch grid ``(Wh, Ww)`` the table is built
+            for.
         num_heads (int): attention heads.
     """
 

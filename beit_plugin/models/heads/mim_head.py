@@ -1,4 +1,5 @@
-"""The masked-image-modeling head: visual-token prediction at masked patches."""
+"""The masked-image-modeling head: visual-token prediction at masked
+patches."""
 from typing import Dict, Sequence, Union
 
 import torch

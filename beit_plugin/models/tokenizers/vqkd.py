@@ -186,9 +186,10 @@ class VQKDTokenizer(Tokenizer):
         before the first training step) is refused."""
         if not self.quantize.embedding.initted.item():
             raise ValueError(
-                f'{checkpoint}: the codebook of this VQ-KD tokenizer was never '
-                'initialised (quantize.embedding.initted is 0: saved before '
-                'its first training step), so its token ids are meaningless')
+                f'{checkpoint}: the codebook of this VQ-KD tokenizer was '
+                'never initialised (quantize.embedding.initted is 0: saved '
+                'before its first training step), so its token ids are '
+                'meaningless')
 
     def _drop_teacher(self, module: nn.Module, state_dict: Dict, prefix: str,
                       local_metadata: Dict) -> None:
