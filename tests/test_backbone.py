@@ -8,21 +8,13 @@ from scipy.interpolate import RectBivariateSpline
 from beit_plugin.models.backbones import BEiT
 from beit_plugin.models.backbones.relative_position import (
     _geometric_offsets, num_relative_distances, resize_relative_position_table)
-from conftest import TINY_ARCH
+from helpers import TINY_ARCH, randomise
 
 
 def tiny(**kwargs) -> BEiT:
     cfg = dict(arch=TINY_ARCH, img_size=32, patch_size=8)
     cfg.update(kwargs)
     return BEiT(**cfg)
-
-
-def randomise(model: torch.nn.Module) -> torch.nn.Module:
-    """Random values everywhere (zero-initialised tables would hide bugs)."""
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(torch.randn_like(param) * 0.2)
-    return model
 
 
 @pytest.mark.parametrize('out_type,shape', [

@@ -22,7 +22,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from beit_plugin import compat
 from beit_plugin.checkpoint_schemes import UnsupportedCheckpointScheme
 from compat_toys import ToyModel
-from test_compat import ROOT, TOY_CONFIG, CreatesFile, make_runner, run
+from helpers import ROOT, TOY_CONFIG, CreatesFile, make_runner, run
 
 
 @pytest.fixture

@@ -18,18 +18,18 @@ from beit_plugin.datasets.demo_data import make_demo_data
 from beit_plugin.models.backbones import BEiT
 from beit_plugin.models.necks import FeatureBatchNorm
 from beit_plugin.registry import MODELS
-from conftest import TINY_ARCH, few_iterations
-from test_compat import load_tool
+from helpers import CLS_IMG as IMG
+from helpers import CLS_NUM_CLASSES as NUM_CLASSES
+from helpers import CLS_PATCH as PATCH
+from helpers import (ROOT, TINY_ARCH, few_iterations, load_tool,
+                     shrink_classifier)
 
-ROOT = Path(__file__).resolve().parents[1]
 FINETUNE = ROOT / 'configs/finetune'
 LINEAR = ROOT / 'configs/linear_probe'
 RECIPES = {
     'finetune': FINETUNE / 'beitv2_vit-base-p16_8xb128-coslr-100e_in1k.py',
     'linear': LINEAR / 'beit_vit-base-p16_8xb128-linear-coslr-100e_in1k.py',
 }
-IMG, PATCH = 32, 8
-NUM_CLASSES = 8
 DIMS = TINY_ARCH['embed_dims']
 
 
@@ -102,26 +102,11 @@ def shrink_pipeline(pipeline):
     return pipeline
 
 
-def shrink_model(cfg: Config) -> None:
-    """Tiny arch, 8 classes, clamped block indices."""
-    backbone = cfg.model.backbone
-    backbone.update(arch=TINY_ARCH, img_size=IMG, patch_size=PATCH)
-    if backbone.get('frozen_stages', -1) > 0:
-        backbone.frozen_stages = TINY_ARCH['num_layers']
-    if 'out_indices' in backbone:
-        backbone.out_indices = tuple(
-            min(i, TINY_ARCH['num_layers'] - 1) for i in backbone.out_indices)
-    if cfg.model.get('neck'):
-        cfg.model.neck.in_channels = DIMS
-    cfg.model.head.update(in_channels=DIMS, num_classes=NUM_CLASSES)
-    cfg.data_preprocessor.num_classes = NUM_CLASSES
-
-
 def tiny_recipe(kind: str, tmp: Path, data_root: Path,
                 checkpoint: Path) -> Path:
     """The full recipe with a tiny model and data, 3 iterations."""
     cfg = Config.fromfile(RECIPES[kind])
-    shrink_model(cfg)
+    shrink_classifier(cfg)
     cfg.model.backbone.init_cfg.checkpoint = str(checkpoint)
     for split, loader in (('train', cfg.train_dataloader),
                           ('val', cfg.val_dataloader)):
@@ -208,7 +193,7 @@ def test_test_tool_prints_accuracy(trained, capsys, tmp_path):
 
 def build_classifier(kind: str, checkpoint: Path):
     cfg = Config.fromfile(RECIPES[kind])
-    shrink_model(cfg)
+    shrink_classifier(cfg)
     cfg.model.backbone.init_cfg.checkpoint = str(checkpoint)
     with DefaultScope.overwrite_default_scope('beit_plugin'):
         return MODELS.build(cfg.model)
@@ -374,7 +359,7 @@ def test_recipe_builds(name):
             assert (warmup.end, cosine.begin, cosine.end) == (
                 values['warmup'], values['warmup'], values['epochs'])
     # build the model (tiny for speed) and its optimizer
-    shrink_model(cfg)
+    shrink_classifier(cfg)
     backbone.init_cfg = None
     from mmengine.optim import build_optim_wrapper
     with DefaultScope.overwrite_default_scope('beit_plugin'):

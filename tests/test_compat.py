@@ -8,12 +8,11 @@ import copy
 import importlib.util
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import types
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator
 
 import numpy as np
 import pytest
@@ -30,71 +29,19 @@ from mmengine.utils.dl_utils import mmcv_full_available
 
 from beit_plugin import compat  # also applies the fixes in this process
 from compat_toys import ToyDataset, ToyModel
+from helpers import (ROOT, TOY_CONFIG, CreatesFile, free_port, load_tool,
+                     make_runner, run)
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 CUDA = torch.cuda.is_available()
 needs_mmcv_lite = pytest.mark.skipif(
     mmcv_full_available(), reason='full mmcv has compiled mmcv.ops')
 needs_no_cuda = pytest.mark.skipif(CUDA, reason='tests the CPU-only path')
 
 
-def run(argv: List[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    """Run ``argv`` in ``cwd``; the processes see tests/compat_toys.py."""
-    full_env = dict(os.environ, OMP_NUM_THREADS='1', **env)
-    full_env['PYTHONPATH'] = os.pathsep.join(
-        p for p in (str(TESTS), os.environ.get('PYTHONPATH')) if p)
-    return subprocess.run(
-        argv, cwd=cwd, env=full_env, capture_output=True, text=True,
-        timeout=120)
-
-
 def run_python(code: str, cwd: Path,
                **env: str) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (no beit_plugin unless imported)."""
     return run([sys.executable, '-c', code], cwd, **env)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-def load_tool(name: str) -> types.ModuleType:
-    """Import tools/<name>.py as a module."""
-    spec = importlib.util.spec_from_file_location(
-        f'beit_tool_{name}', ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TOY_CONFIG = """
-custom_imports = dict(imports=['beit_plugin', 'compat_toys'],
-                      allow_failed_imports=False)
-default_scope = 'mmpretrain'
-model = dict(type='compat_toys.ToyModel')
-train_dataloader = dict(
-    batch_size=2, num_workers=0,
-    dataset=dict(type='compat_toys.ToyDataset'),
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    collate_fn=dict(type='default_collate'))
-test_dataloader = dict(
-    batch_size=4, num_workers=0,
-    dataset=dict(type='compat_toys.ToyDataset'),
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    collate_fn=dict(type='default_collate'))
-test_evaluator = dict(type='compat_toys.ToyAccuracy')
-test_cfg = dict()
-train_cfg = dict(by_epoch=False, max_iters=4)
-optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9))
-auto_scale_lr = dict(base_batch_size=4)
-default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False),
-    logger=dict(type='LoggerHook', interval=1))
-custom_hooks = [dict(type='compat_toys.ParamDumpHook')]
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -234,28 +181,9 @@ class RecordStartHook(Hook):
         self.optimizer = copy.deepcopy(runner.optim_wrapper.state_dict())
 
 
-def make_runner(work_dir: Path, **kwargs) -> Runner:
-    """A 4-iteration toy runner, deterministic, saving every 2 iterations."""
-    return Runner(
-        model=ToyModel(),
-        work_dir=str(work_dir),
-        train_dataloader=dict(
-            dataset=ToyDataset(),
-            sampler=dict(type='DefaultSampler', shuffle=False),
-            batch_size=2,
-            collate_fn=dict(type='default_collate')),
-        train_cfg=dict(by_epoch=False, max_iters=4),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
-        default_hooks=dict(checkpoint=dict(
-            type='CheckpointHook', interval=2, by_epoch=False)),
-        randomness=dict(seed=0),
-        experiment_name=f'toy_{work_dir.name}',
-        **kwargs)
-
-
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Work dir of a finished toy run: iter_2.pth and iter_4.pth."""
+    """Work dir of a finished toy run: iter_1.pth to iter_4.pth."""
     work_dir = tmp_path_factory.mktemp('trained')
     with DefaultScope.overwrite_default_scope('mmengine'):
         make_runner(work_dir).train()
@@ -304,16 +232,6 @@ def test_load_from_and_pretrained_init(trained: Path, tmp_path: Path) -> None:
     model.init_cfg = dict(type='Pretrained', checkpoint=ckpt)
     model.init_weights()
     torch.testing.assert_close(model.state_dict(), expected)
-
-
-class CreatesFile:
-    """Unpickling it opens (creates) ``path``: a stand-in for any payload."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return open, (self.path, 'w')
 
 
 class ReachesAttribute:

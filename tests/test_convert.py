@@ -25,22 +25,11 @@ from beit_plugin.compat import safe_torch_load
 from beit_plugin.models.algorithms import BEiTPretrainer
 from beit_plugin.models.backbones import BEiT
 from beit_plugin.models.tokenizers import DALLEEncoder, VQKDTokenizer
-from conftest import TINY_ARCH
-from test_compat import CreatesFile, load_tool
+from helpers import ROOT, TINY_ARCH, CreatesFile, load_tool, randomise
 
-ROOT = Path(__file__).resolve().parents[1]
 IMG, PATCH, GRID = 32, 8, 4
 DIMS = TINY_ARCH['embed_dims']
 VOCAB, CODE_DIMS, TEACHER_DIMS = 40, 8, 24
-
-
-def randomise(module: torch.nn.Module, scale: float = 0.2) -> torch.nn.Module:
-    """Random values in every parameter (zero-initialised tables and layer
-    scales equal to 0.1 everywhere would hide mapping mistakes)."""
-    with torch.no_grad():
-        for param in module.parameters():
-            param.copy_(torch.randn_like(param) * scale)
-    return module
 
 
 def timm_beit(**kwargs) -> Beit:

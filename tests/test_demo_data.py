@@ -15,7 +15,7 @@ from beit_plugin.datasets import demo_data
 from beit_plugin.datasets.demo_data import (BACKGROUND_LABEL, IGNORE_LABEL,
                                             SEG_CLASSES, SHAPE_CLASSES,
                                             make_demo_data)
-from test_compat import load_tool
+from helpers import load_tool
 
 SMALL = dict(cls_train=48, cls_val=16, seg_train=12, seg_val=6)
 

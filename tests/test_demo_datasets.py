@@ -3,7 +3,7 @@ import pytest
 
 from beit_plugin.datasets import DemoADE20K, DemoImageNet
 from beit_plugin.datasets.demo_data import ForeignDataError, SHAPE_CLASSES
-from conftest import mmengine_log
+from helpers import mmengine_log
 
 
 def test_demo_imagenet_generates_missing_data_and_loads_it(tmp_path):

@@ -1,9 +1,7 @@
 """BEiT v1 tokenizers: the trainable dVAE, the DALL-E encoder and the
 reconstruction visualisation."""
-import importlib.util
 import math
 import textwrap
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,8 +14,7 @@ from mmengine.optim import OptimWrapper
 from beit_plugin.models.tokenizers import (DALLEEncoder, DiscreteVAE,
                                            logit_laplace_norm)
 from beit_plugin.registry import MODELS
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, load_tool
 
 
 def tiny_dvae(**kwargs) -> DiscreteVAE:
@@ -227,10 +224,7 @@ def test_visualize_dvae_writes_inputs_and_reconstructions(tmp_path):
     model = tiny_dvae(num_tokens=16, codebook_dim=8, hidden_dims=8)
     torch.save(dict(state_dict=model.state_dict()), tmp_path / 'ckpt.pth')
 
-    spec = importlib.util.spec_from_file_location(
-        'visualize_dvae', ROOT / 'tools/visualize_dvae.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('visualize_dvae')
     out = tmp_path / 'recon.png'
     image = tool.main([str(config), str(tmp_path / 'ckpt.pth'), '--num', '3',
                        '--out', str(out)])

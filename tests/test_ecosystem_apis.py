@@ -34,13 +34,11 @@ from beit_plugin.datasets.demo_data import (SEG_CLASSES, SHAPE_CLASSES,
                                             make_demo_data)
 from beit_plugin.models.backbones import BEiT
 from beit_plugin.registry import MODELS
-from conftest import TINY_ARCH
-from test_classification import IMG, PATCH
-from test_classification import shrink_model as shrink_classifier
-from test_seg import shrink_model as shrink_segmentor
+from helpers import CLS_IMG as IMG
+from helpers import CLS_PATCH as PATCH
+from helpers import (CONFIGS, ROOT, TINY_ARCH, shrink_classifier,
+                     shrink_segmentor)
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / 'configs'
 CLS_DEMO = CONFIGS / 'finetune' / 'beit_demo_finetune.py'
 SEG_DEMO = CONFIGS / 'seg' / 'beit_demo_upernet.py'
 PRETRAIN_DEMO = CONFIGS / 'beit_pretrain.py'

@@ -14,10 +14,8 @@ from transformers import BeitModel
 from beit_plugin.convert import export_hf, hf_config, with_prefix
 from beit_plugin.models.backbones import BEiT
 from beit_plugin.models.necks import BEiTV2PatchAggregation
-from conftest import TINY_ARCH
-from test_convert import randomise
+from helpers import ROOT, TINY_ARCH, randomise
 
-ROOT = Path(__file__).resolve().parents[1]
 IMG, PATCH = 32, 8
 DIMS = TINY_ARCH['embed_dims']
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from beit_plugin.engine.optimizers import FrozenParamsOptimWrapperConstructor
 from beit_plugin.registry import OPTIM_WRAPPER_CONSTRUCTORS
-from conftest import mmengine_log
+from helpers import mmengine_log
 
 OPTIM_WRAPPER = dict(
     type='OptimWrapper',

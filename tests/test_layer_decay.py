@@ -10,7 +10,7 @@ from torch import nn
 
 import beit_plugin  # noqa: F401  (registers our scope)
 from beit_plugin.engine.optimizers import layer_decay_constructor
-from conftest import CONFIGS, TINY_ARCH, config_id
+from helpers import CONFIGS, TINY_ARCH, config_id
 
 LR, WD, RATE, N = 1e-3, 0.05, 0.65, TINY_ARCH['num_layers']
 NAME = 'LayerDecayOptimWrapperConstructor'

@@ -11,10 +11,7 @@ from beit_plugin.datasets.demo_data import make_demo_data
 from beit_plugin.evaluation import (block_features, fit_logistic_probe,
                                     patch_labels)
 from beit_plugin.models.backbones import BEiT
-from conftest import TINY_ARCH, mmengine_log
-from test_compat import load_tool
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, TINY_ARCH, load_tool, mmengine_log
 
 
 def clusters(n_per_class: int, num_classes: int = 4, dims: int = 16,

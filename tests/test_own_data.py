@@ -19,9 +19,8 @@ from mmengine.runner import Runner
 from torch.utils.data import DataLoader
 
 from beit_plugin.registry import MODELS
-from conftest import TINY_ARCH, few_iterations
+from helpers import ROOT, TINY_ARCH, few_iterations
 
-ROOT = Path(__file__).resolve().parents[1]
 OWN = ROOT / 'configs' / 'own_data'
 PRETRAIN = OWN / 'beit_demo_pretrain_images.py'
 PRETRAIN_FULL = OWN / 'beitv2_vit-base-p16_8xb256-amp-coslr-300e_images.py'

@@ -24,11 +24,11 @@ from mmengine.runner import Runner
 from beit_plugin.compat import get_installed_path
 from beit_plugin.datasets.demo_data import make_demo_data
 from beit_plugin.package_files import DISTRIBUTION, MIM_DIR
+from helpers import ROOT
 
 
 # builds and installs a wheel, runs the tools in subprocesses
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = 'checkpoints/vqkd_demo_hog.pth'
 # what a setuptools build writes into its source tree, besides *.egg-info
 BUILD_OUTPUTS = ('build', 'dist')

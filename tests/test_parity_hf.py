@@ -12,8 +12,7 @@ from transformers import (BeitConfig, BeitForImageClassification,
 from beit_plugin.convert import convert_state_dict, under
 from beit_plugin.models.backbones import BEiT
 from beit_plugin.models.heads import BEiTMIMHead
-from conftest import TINY_ARCH
-from test_convert import randomise
+from helpers import TINY_ARCH, randomise
 
 IMG, PATCH, GRID = 32, 8, 4
 DIMS = TINY_ARCH['embed_dims']

@@ -16,8 +16,7 @@ from beit_plugin.convert import (convert_state_dict, validate_state_dict,
 from beit_plugin.models.algorithms import BEiTPretrainer
 from beit_plugin.models.backbones import BEiT
 from beit_plugin.models.tokenizers import vqkd_from_mmpretrain
-from conftest import TINY_ARCH
-from test_convert import randomise
+from helpers import TINY_ARCH, randomise
 
 IMG, PATCH, GRID = 32, 8, 4
 DIMS = TINY_ARCH['embed_dims']

@@ -10,8 +10,7 @@ from mmengine.registry import DefaultScope
 
 from beit_plugin.convert import convert_state_dict
 from beit_plugin.models.backbones import BEiT
-from conftest import TINY_ARCH
-from test_convert import randomise
+from helpers import TINY_ARCH, randomise
 
 IMG, PATCH = 32, 8
 DIMS = TINY_ARCH['embed_dims']

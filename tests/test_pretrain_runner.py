@@ -21,21 +21,20 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
 from beit_plugin.datasets.demo_data import make_demo_data
-from beit_plugin.models.tokenizers import DALLEEncoder, VQKDTokenizer
 from beit_plugin.registry import MODELS
-from conftest import TINY_ARCH, few_iterations
-from test_compat import free_port, load_tool
+from helpers import PRETRAIN_GRID as GRID
+from helpers import PRETRAIN_IMG as IMG
+from helpers import PRETRAIN_PATCH as PATCH
+from helpers import PRETRAIN_VOCAB as VOCAB
+from helpers import (ROOT, TESTS, TINY_ARCH, few_iterations, free_port,
+                     load_tool, save_tokenizer)
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = ROOT / 'tests'
 RECIPES = {
     'v1': ROOT / 'configs/beit/'
     'beit_vit-base-p16_8xb256-amp-coslr-800e_in1k.py',
     'v2': ROOT / 'configs/beitv2/'
     'beitv2_vit-base-p16_8xb256-amp-coslr-300e_in1k.py',
 }
-IMG, PATCH, GRID = 64, 16, 4
-VOCAB = 16
 
 
 @pytest.fixture(autouse=True)
@@ -49,22 +48,6 @@ def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp('demo')
     make_demo_data(root, cls_train=24, cls_val=8, seg_train=2, seg_val=2)
     return root / 'imagenet'
-
-
-def save_tokenizer(version: str, path: Path) -> Path:
-    """A random tiny tokenizer of the kind the recipe uses, as a file."""
-    torch.manual_seed(1)
-    if version == 'v1':
-        tokenizer = DALLEEncoder(n_hid=8, n_blk_per_group=1,
-                                 vocab_size=VOCAB)
-    else:
-        # a random codebook, as if trained: a frozen tokenizer refuses one
-        # still waiting for its k-means initialisation
-        tokenizer = VQKDTokenizer(
-            encoder=dict(arch=TINY_ARCH, img_size=IMG, patch_size=PATCH),
-            num_embed=VOCAB, embed_dims=8, kmeans_init=False)
-    torch.save({'state_dict': tokenizer.state_dict()}, path)
-    return path
 
 
 def tiny_recipe(version: str, tmp: Path, data_root: Path) -> Path:

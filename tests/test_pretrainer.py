@@ -7,7 +7,7 @@ from mmengine.registry import DefaultScope
 from mmpretrain.structures import DataSample
 
 from beit_plugin.models.algorithms import BEiTPretrainer
-from conftest import PRETRAINING_CONFIGS, config_id
+from helpers import PRETRAINING_CONFIGS, config_id
 
 ARCH = dict(embed_dims=32, num_layers=3, num_heads=2, feedforward_channels=64)
 

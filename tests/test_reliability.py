@@ -6,7 +6,6 @@ iterations each; one test kills a training process with SIGKILL while it
 writes a checkpoint.
 """
 import copy
-import itertools
 import os
 import signal
 import subprocess
@@ -24,17 +23,14 @@ from mmengine.fileio import LocalBackend
 from mmengine.hooks import Hook
 from mmengine.optim.optimizer import amp_optimizer_wrapper
 from mmengine.registry import DefaultScope
-from mmengine.runner import Runner
 from mmengine.runner.checkpoint import load_checkpoint
 
 from beit_plugin import compat
 from beit_plugin.compat import NotACheckpointError, safe_torch_load
 from compat_toys import ToyDataset, ToyModel
-from conftest import mmengine_log
+from helpers import TESTS, make_runner, mmengine_log
 
-TESTS = Path(__file__).resolve().parent
 ATOMIC = 'beit_plugin.AtomicCheckpointHook'
-_names = itertools.count()
 
 
 @pytest.fixture(autouse=True)
@@ -99,34 +95,6 @@ class StartIteration(Hook):
 
     def before_train(self, runner) -> None:
         self.iter = runner.iter
-
-
-def make_runner(work_dir: Path,
-                model: Optional[ToyModel] = None,
-                *,
-                max_iters: int = 4,
-                checkpoint: Optional[dict] = None,
-                optim_wrapper: Optional[dict] = None,
-                train_cfg: Optional[dict] = None,
-                **kwargs) -> Runner:
-    """A toy runner; by default MMEngine's CheckpointHook, every iteration."""
-    return Runner(
-        model=model or ToyModel(),
-        work_dir=str(work_dir),
-        train_dataloader=dict(dataset=ToyDataset(),
-                              sampler=dict(type='DefaultSampler',
-                                           shuffle=False),
-                              batch_size=2,
-                              collate_fn=dict(type='default_collate')),
-        train_cfg=train_cfg or dict(by_epoch=False, max_iters=max_iters),
-        optim_wrapper=optim_wrapper
-        or dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
-        default_hooks=dict(
-            checkpoint=checkpoint
-            or dict(type='CheckpointHook', interval=1, by_epoch=False)),
-        randomness=dict(seed=0),
-        experiment_name=f'reliability_{next(_names)}',
-        **kwargs)
 
 
 def checkpoints(work_dir: Path) -> List[str]:
@@ -281,7 +249,7 @@ KILL_WHILE_SAVING = """
 import builtins, os, signal
 import beit_plugin
 from mmengine.registry import DefaultScope
-from test_reliability import make_runner
+from helpers import make_runner
 
 real_open = builtins.open
 

@@ -36,13 +36,13 @@ from beit_plugin.engine.hooks import rng_state as rng_state_module
 from beit_plugin.engine.hooks.rng_state import (RNG_STATES_KEY, rng_state,
                                                 set_rng_state)
 from compat_toys import ToyAccuracy, ToyDataset, ToyModel
-from conftest import TINY_ARCH, few_iterations, mmengine_log
-from test_compat import free_port
-from test_pretrain_runner import GRID, IMG, PATCH, VOCAB, save_tokenizer
-from test_seg import write_tiny_demo_config
+from helpers import PRETRAIN_GRID as GRID
+from helpers import PRETRAIN_IMG as IMG
+from helpers import PRETRAIN_PATCH as PATCH
+from helpers import PRETRAIN_VOCAB as VOCAB
+from helpers import (ROOT, TESTS, TINY_ARCH, few_iterations, free_port,
+                     mmengine_log, save_tokenizer, write_tiny_seg_demo_config)
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = ROOT / 'tests'
 RNG_HOOK = dict(type='beit_plugin.RNGStateHook')
 DIMS = TINY_ARCH['embed_dims']
 # the demo runs: 8 iterations, a checkpoint every 2, validation every 2 (the
@@ -571,7 +571,7 @@ def tiny_finetune(tmp: Path, demo_root: Path) -> Config:
 def tiny_seg(tmp: Path, demo_root: Path) -> Config:
     """configs/seg/beit_demo_upernet.py as tests/test_seg.py shrinks it
     (drop path 0.1, ``num_workers=0``, InfiniteSampler)."""
-    cfg = Config.fromfile(write_tiny_demo_config(tmp, demo_root / 'ade'))
+    cfg = Config.fromfile(write_tiny_seg_demo_config(tmp, demo_root / 'ade'))
     shorten(cfg, {})
     return cfg
 

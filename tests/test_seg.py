@@ -26,10 +26,9 @@ from beit_plugin.datasets.demo_data import SEG_CLASSES, make_demo_data
 from beit_plugin.models.backbones import BEiT
 from beit_plugin.models.backbones.relative_position import \
     num_relative_distances
-from conftest import TINY_ARCH
-from test_compat import free_port, load_tool
+from helpers import (ROOT, TINY_ARCH, free_port, load_tool, shrink_segmentor,
+                     write_tiny_seg_demo_config)
 
-ROOT = Path(__file__).resolve().parents[1]
 SEG_CONFIGS = sorted((ROOT / 'configs' / 'seg').glob('*.py'))
 FULL_CONFIGS = [c for c in SEG_CONFIGS if 'demo' not in c.name]
 DEMO_CONFIG = ROOT / 'configs' / 'seg' / 'beit_demo_upernet.py'
@@ -52,20 +51,6 @@ def ade_root(tmp_path_factory) -> Path:
 def build_segmentor(model_cfg: dict) -> nn.Module:
     from mmseg.registry import MODELS
     return MODELS.build(model_cfg)
-
-
-def shrink_model(model_cfg: dict) -> dict:
-    """A config's model at a tiny width (same depth, out indices, grid), no
-    checkpoint."""
-    model_cfg = copy.deepcopy(model_cfg)
-    backbone = model_cfg['backbone']
-    depth = BEiT._arch_settings(backbone['arch'])['num_layers']
-    backbone['arch'] = dict(TINY_ARCH, num_layers=depth)
-    backbone['init_cfg'] = None
-    model_cfg['neck']['embed_dim'] = TINY_DIMS
-    model_cfg['decode_head'].update(in_channels=[TINY_DIMS] * 4, channels=16)
-    model_cfg['auxiliary_head'].update(in_channels=TINY_DIMS, channels=8)
-    return model_cfg
 
 
 # ---------------------------------------------------------------------------
@@ -140,7 +125,7 @@ def test_seg_config_builds_segmentor(config: Path):
             'accumulative_counts', 1) == 160000
         assert cfg.param_scheduler[-1]['end'] == cfg.train_cfg.max_iters
 
-    model = build_segmentor(shrink_model(cfg.model))
+    model = build_segmentor(shrink_segmentor(cfg.model))
     from mmseg.models import EncoderDecoder, Feature2Pyramid
     assert type(model) is EncoderDecoder
     assert isinstance(model.backbone, BEiT)
@@ -193,7 +178,7 @@ def test_slide_inference_keeps_the_input_size(shape):
     side shorter than the crop, so its windows are not multiples of the
     patch either (the test-time `size_divisor` padding handles that)."""
     cfg = Config.fromfile(DEMO_CONFIG)
-    model = build_segmentor(shrink_model(cfg.model))
+    model = build_segmentor(shrink_segmentor(cfg.model))
     model.eval()
     assert model.test_cfg.mode == 'slide'
     assert tuple(model.test_cfg.crop_size) == (64, 64)
@@ -279,36 +264,12 @@ def test_pretraining_checkpoint_loads_into_larger_seg_backbone(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def write_tiny_demo_config(tmp_path: Path, ade_root: Path) -> Path:
-    config = tmp_path / 'tiny_seg_demo.py'
-    config.write_text(f"""
-_base_ = {str(DEMO_CONFIG)!r}
-data_root = {str(ade_root)!r}
-model = dict(
-    backbone=dict(arch={dict(TINY_ARCH, num_layers=4)!r},
-                  out_indices=(0, 1, 2, 3),
-                  init_cfg=None),
-    neck=dict(embed_dim={TINY_DIMS}),
-    decode_head=dict(in_channels=[{TINY_DIMS}] * 4, channels=16),
-    auxiliary_head=dict(in_channels={TINY_DIMS}, channels=8))
-train_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root))
-val_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
-train_cfg = dict(max_iters=1, val_interval=1)
-param_scheduler = [dict(type='LinearLR', start_factor=0.5, by_epoch=False,
-                        begin=0, end=1)]
-default_hooks = dict(logger=dict(interval=1),
-                     checkpoint=dict(interval=1))
-""")
-    return config
-
-
 @pytest.mark.slow
 def test_train_one_iteration_then_test_with_show_dir(
         tmp_path: Path, ade_root: Path, capfd,
         monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv('LOCAL_RANK', '0')
-    config = write_tiny_demo_config(tmp_path, ade_root)
+    config = write_tiny_seg_demo_config(tmp_path, ade_root)
     work_dir = tmp_path / 'work'
     load_tool('train').main([str(config), '--work-dir', str(work_dir)])
     checkpoint = work_dir / 'iter_1.pth'

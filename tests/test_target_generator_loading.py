@@ -11,9 +11,8 @@ from mmengine.config import Config
 from beit_plugin.models.backbones import BEiT
 from beit_plugin.models.tokenizers import DALLEEncoder, VQKDTokenizer
 from beit_plugin.registry import MODELS
-from conftest import TINY_ARCH
+from helpers import ROOT, TINY_ARCH
 
-ROOT = Path(__file__).resolve().parents[1]
 ENCODER = dict(arch=TINY_ARCH, img_size=32, patch_size=8)
 
 

@@ -1,19 +1,10 @@
 """Tests of ``tools/visualize_masks.py``."""
-import importlib.util
-from pathlib import Path
-
 import cv2
 import numpy as np
 
-TOOL = Path(__file__).parents[1] / 'tools' / 'visualize_masks.py'
+from helpers import load_tool
+
 GRAY = 128
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('visualize_masks', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_png_grid_shows_the_masks(tmp_path):
@@ -40,7 +31,7 @@ train_dataloader = dict(
         ]))
 """)
     out = tmp_path / 'masks.png'
-    tool = _load_tool()
+    tool = load_tool('visualize_masks')
     tool.main([
         str(config), '--num', '5', '--out', str(out), '--cfg-options',
         'train_dataloader.dataset.pipeline.2.num_masking_patches=6'

@@ -24,10 +24,7 @@ from beit_plugin.models.tokenizers import (BackboneTeacher, HOGTeacher,
                                            VQKDTokenizer, vqkd_from_mmpretrain)
 from beit_plugin.models.tokenizers import quantizer as quantizer_module
 from beit_plugin.registry import MODELS
-from conftest import TINY_ARCH
-from test_compat import load_tool
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, TINY_ARCH, load_tool, randomise
 
 
 def tiny_vqkd(**kwargs) -> VQKDTokenizer:
@@ -38,12 +35,6 @@ def tiny_vqkd(**kwargs) -> VQKDTokenizer:
         num_embed=16)
     cfg.update(kwargs)
     return VQKDTokenizer(**cfg)
-
-
-def randomise(module: torch.nn.Module, scale: float = 0.2) -> None:
-    with torch.no_grad():
-        for param in module.parameters():
-            param.copy_(torch.randn_like(param) * scale)
 
 
 def test_forward_backward_and_target_generator_interface():

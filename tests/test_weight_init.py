@@ -21,7 +21,7 @@ from beit_plugin.models.backbones import BEiT
 from beit_plugin.models.heads import BEiTMIMHead, PixelRegressionHead
 from beit_plugin.models.necks import BEiTV2PatchAggregation
 from beit_plugin.models.tokenizers import VQKDTokenizer
-from conftest import PRETRAINING_CONFIGS, config_id
+from helpers import PRETRAINING_CONFIGS, config_id
 
 STD = 0.02  # the official init_std
 # N(0, STD^2) cut at +-STD: STD * sqrt(1 - 2 phi(1) / (Phi(1) - Phi(-1)))

@@ -6,6 +6,10 @@ MMPretrain's ``BEiTMaskGenerator`` and a plain copy of the reference loop
 same settings, and prints each rate and ours over the others. Run it
 with ``OMP_NUM_THREADS=1`` on an otherwise idle core.
 
+The copy is also the reference that tests/test_masking.py compares
+``BlockwiseMaskGenerator``'s masks with, hence its ``fixed_count`` option
+(BEiT v2's top-up), which the benchmark leaves off.
+
 Example::
 
     python tools/benchmark_masking.py --num 20000
@@ -22,6 +26,10 @@ import numpy as np
 class ReferenceMaskingGenerator:
     """BEiT's reference ``MaskingGenerator``, per-patch loop and all.
 
+    ``fixed_count=True`` adds the top-up of BEiT v2's ``masking_generator``:
+    when the blocks fall short of ``num_masking_patches``, patches drawn
+    uniformly among the unmasked ones make up the count.
+
     Args:
         input_size (int | tuple[int, int]): Patch grid size.
         num_masking_patches (int): Patches to mask.
@@ -31,6 +39,8 @@ class ReferenceMaskingGenerator:
         min_aspect (float): Smallest aspect ratio. Defaults to 0.3.
         max_aspect (float, optional): Largest aspect ratio; None means
             ``1 / min_aspect``. Defaults to None.
+        fixed_count (bool): Top the mask up to exactly
+            ``num_masking_patches`` (BEiT v2). Defaults to False.
     """
 
     def __init__(self,
@@ -39,7 +49,8 @@ class ReferenceMaskingGenerator:
                  min_num_patches: int = 4,
                  max_num_patches: Optional[int] = None,
                  min_aspect: float = 0.3,
-                 max_aspect: Optional[float] = None) -> None:
+                 max_aspect: Optional[float] = None,
+                 fixed_count: bool = False) -> None:
         if not isinstance(input_size, tuple):
             input_size = (input_size, ) * 2
         self.height, self.width = input_size
@@ -49,6 +60,7 @@ class ReferenceMaskingGenerator:
                                 else max_num_patches)
         max_aspect = max_aspect or 1 / min_aspect
         self.log_aspect_ratio = (math.log(min_aspect), math.log(max_aspect))
+        self.fixed_count = fixed_count
 
     def _mask(self, mask: np.ndarray, max_mask_patches: int) -> int:
         delta = 0
@@ -73,6 +85,7 @@ class ReferenceMaskingGenerator:
         return delta
 
     def __call__(self) -> np.ndarray:
+        """A mask of the patch grid, ``(height, width)`` ints, 1 masked."""
         mask = np.zeros((self.height, self.width), dtype=int)
         mask_count = 0
         while mask_count < self.num_masking_patches:
@@ -82,6 +95,11 @@ class ReferenceMaskingGenerator:
             if delta == 0:
                 break
             mask_count += delta
+        if self.fixed_count and mask_count < self.num_masking_patches:
+            rows, cols = (mask == 0).nonzero()
+            chosen = random.sample(range(len(rows)),
+                                   self.num_masking_patches - mask_count)
+            mask[rows[chosen], cols[chosen]] = 1
         return mask
 
 
