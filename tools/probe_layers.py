@@ -46,6 +46,7 @@ import beit_plugin  # noqa: F401  (registers the backbone and datasets)
 from beit_plugin.evaluation import (block_features, fit_logistic_probe,
                                     patch_labels)
 from beit_plugin.models.backbones import BEiT
+from beit_plugin.progress import track
 from beit_plugin.registry import DATASETS, MODELS
 
 
@@ -112,7 +113,8 @@ def _seg_crops(cfg: Config, loader_key: str, preprocessor,
     dataset_cfg.pipeline = copy.deepcopy(cfg.val_dataloader.dataset.pipeline)
     dataset = DATASETS.build(dataset_cfg)
     crops, maps = [], []
-    for i in range(len(dataset)):  # one at a time: the sizes may differ
+    # one at a time: the sizes may differ
+    for i in track(range(len(dataset)), f'{loader_key} crops'):
         data = preprocessor(pseudo_collate([dataset[i]]), training=False)
         # the image may be padded (test_cfg), its label map is not
         image, sample = data['inputs'][0], data['data_samples'][0]
@@ -151,7 +153,7 @@ def _dense_probe(cfg: Config, backbone: BEiT, preprocessor,
         name: fit_logistic_probe(train_f[name], train_y, val_f[name], val_y,
                                  num_classes, weight_decay=weight_decay,
                                  balanced=True)
-        for name in train_f
+        for name in track(list(train_f), 'probes')
     }
 
 
@@ -202,7 +204,7 @@ def probe(cfg: Config,
     return {
         name: fit_logistic_probe(train_f[name], train_y, val_f[name], val_y,
                                  num_classes, weight_decay=weight_decay)
-        for name in train_f
+        for name in track(list(train_f), 'probes')
     }
 
 

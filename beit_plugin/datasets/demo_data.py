@@ -83,6 +83,8 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 import cv2
 import numpy as np
 
+from ..progress import track
+
 SHAPE_CLASSES: Tuple[str, ...] = ('bar', 'circle', 'crescent', 'cross',
                                   'ring', 'square', 'star', 'triangle')
 SEG_CLASSES: Tuple[str, ...] = ('background', ) + SHAPE_CLASSES
@@ -402,8 +404,9 @@ def _make_classification(root: Path, seed: int, size: int,
         for name in SHAPE_CLASSES:
             (root / split / name).mkdir(parents=True, exist_ok=True)
         lines = []
-        for index, label in enumerate(
-                _classification_labels(seed, split_id, n)):
+        for index, label in track(
+                enumerate(_classification_labels(seed, split_id, n)),
+                f'demo data imagenet/{split}', total=n):
             name = SHAPE_CLASSES[label]
             rng = _rng(seed, _TASK_CLS, split_id, _STREAM_IMAGE, index)
             image, _ = _draw(rng, size, [name], _CLS_RADIUS)
@@ -430,7 +433,7 @@ def _make_segmentation(root: Path, seed: int, size: int,
             order.permutation(
                 np.arange(shapes_per_image.sum()) % len(SHAPE_CLASSES)),
             np.cumsum(shapes_per_image)[:-1])
-        for index in range(n):
+        for index in track(range(n), f'demo data ade/{split}'):
             rng = _rng(seed, _TASK_SEG, split_id, _STREAM_IMAGE, index)
             names = [SHAPE_CLASSES[label] for label in classes[index]]
             image, labels = _draw(rng, size, names, _SEG_RADIUS)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.backbones import BEiT
+from ..progress import track
 
 
 @torch.no_grad()
@@ -46,7 +47,7 @@ def block_features(backbone: BEiT,
     backbone.eval()
     names = [f'block{index + 1}' for index in backbone.out_indices]
     chunks: Dict[str, List[torch.Tensor]] = {}
-    for i in range(0, len(images), batch_size):
+    for i in track(range(0, len(images), batch_size), 'block features'):
         # reduce each block's (b, 1+N, C) tokens at once: (b, C) kept, or
         # the (b * N, C) patch tokens when dense
         for name, tokens in zip(names, backbone(images[i:i + batch_size])):

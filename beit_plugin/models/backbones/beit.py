@@ -267,13 +267,14 @@ class BEiT(BaseBackbone):
 
     @staticmethod
     def _normalise_out_indices(out_indices: Union[int, Sequence[int]],
-                               depth: int) -> Tuple[int, ...]:
+                               depth: int,
+                               name: str = 'out_indices') -> Tuple[int, ...]:
         if isinstance(out_indices, int):
             out_indices = [out_indices]
         result = []
         for index in out_indices:
             if not -depth <= index < depth:
-                raise ValueError(f'out_indices entry {index} is out of range '
+                raise ValueError(f'{name} entry {index} is out of range '
                                  f'for {depth} blocks')
             result.append(index % depth)
         return tuple(result)
@@ -408,6 +409,59 @@ class BEiT(BaseBackbone):
             if i in self.out_indices:
                 outs.append(self._format_output(x, grid))
         return tuple(outs)
+
+    def forward_with_attention(
+        self,
+        x: torch.Tensor,
+        layers: Union[int, Sequence[int], None] = None,
+        mask: Optional[torch.Tensor] = None
+    ) -> Tuple[Tuple[torch.Tensor, ...], Dict[int, torch.Tensor]]:
+        """:meth:`forward`, with the blocks in ``layers`` forming their
+        attention weights explicitly and returning them.
+
+        :meth:`forward` never forms the weights (its attention is
+        ``F.scaled_dot_product_attention``); this runs the same blocks, the
+        chosen ones through :meth:`Block.forward_with_attention`, the others
+        fused. For inspection (no gradient checkpointing).
+
+        Args:
+            x: ``(B, C_in, H_img, W_img)``, as :meth:`forward`.
+            layers: block indices (negative counts from the end), as
+                ``out_indices``; None for every block.
+            mask: as :meth:`forward`.
+
+        Returns:
+            The outputs of :meth:`forward` (to rounding) and a dict from
+            each chosen block's index (``0 .. num_layers - 1``) to its
+            ``(B, heads, 1+N, 1+N)`` float32 attention weights, CLS first;
+            row ``q`` is query token ``q``'s distribution over the keys.
+        """
+        chosen = self._normalise_out_indices(
+            range(self.num_layers) if layers is None else layers,
+            self.num_layers, 'layers')
+        x, grid = self.embed(x, mask)
+        shared_bias = self.rel_pos_bias(grid) \
+            if self.rel_pos_bias is not None else None
+        outs, maps = [], {}
+        for i, block in enumerate(self.blocks):
+            if i in chosen:
+                x, maps[i] = block.forward_with_attention(x, grid, shared_bias)
+            else:
+                x = block(x, grid, shared_bias)
+            if i == self.num_layers - 1 and self.norm is not None:
+                x = self.norm(x)
+            if i in self.out_indices:
+                outs.append(self._format_output(x, grid))
+        return tuple(outs), maps
+
+    def attention_maps(self,
+                       x: torch.Tensor,
+                       layers: Union[int, Sequence[int], None] = None,
+                       mask: Optional[torch.Tensor] = None
+                       ) -> Dict[int, torch.Tensor]:
+        """The attention weights of :meth:`forward_with_attention` alone:
+        ``{block index: (B, heads, 1+N, 1+N)}``."""
+        return self.forward_with_attention(x, layers, mask)[1]
 
     def _format_output(self, x: torch.Tensor,
                        grid: Tuple[int, int]) -> torch.Tensor:

@@ -55,19 +55,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self,
-                x: torch.Tensor,
-                window: Window,
-                shared_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Args:
-            x: ``(B, 1+N, C)`` tokens, CLS first.
-            window: patch grid ``(H, W)`` of the input, ``N = H*W``.
-            shared_bias: ``(num_heads, 1+N, 1+N)`` bias shared by all blocks.
-
-        Returns:
-            ``(B, 1+N, C)``.
-        """
-        B, L, C = x.shape
+    def _qkv_and_bias(
+        self, x: torch.Tensor, window: Window,
+        shared_bias: Optional[torch.Tensor]
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+               Optional[torch.Tensor]]:
+        """q, k, v ``(B, heads, 1+N, C/heads)`` of ``x`` and the attention
+        bias ``(1, heads, 1+N, 1+N)`` (None without relative positions)."""
+        B, L, _ = x.shape
         bias = None
         if self.q_bias is not None:
             bias = torch.cat([self.q_bias,
@@ -82,11 +77,52 @@ class Attention(nn.Module):
             attn_bias = own if attn_bias is None else attn_bias + own
         if attn_bias is not None:
             attn_bias = attn_bias.unsqueeze(0).to(q.dtype)
+        return q, k, v, attn_bias
+
+    def forward(self,
+                x: torch.Tensor,
+                window: Window,
+                shared_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Args:
+            x: ``(B, 1+N, C)`` tokens, CLS first.
+            window: patch grid ``(H, W)`` of the input, ``N = H*W``.
+            shared_bias: ``(num_heads, 1+N, 1+N)`` bias shared by all blocks.
+
+        Returns:
+            ``(B, 1+N, C)``.
+        """
+        B, L, C = x.shape
+        q, k, v, attn_bias = self._qkv_and_bias(x, window, shared_bias)
         x = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_bias,
             dropout_p=self.attn_drop if self.training else 0.)
         x = x.transpose(1, 2).reshape(B, L, C)
         return self.proj_drop(self.proj(x))
+
+    def forward_explicit(
+            self,
+            x: torch.Tensor,
+            window: Window,
+            shared_bias: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` with the attention weights formed explicitly,
+        ``softmax(q k^T / sqrt(C/heads) + bias)``, and returned. Slower and
+        heavier than the fused :meth:`forward`; for inspection only.
+
+        Returns:
+            The ``(B, 1+N, C)`` output (as :meth:`forward`, to rounding) and
+            the ``(B, heads, 1+N, 1+N)`` weights before attention dropout,
+            in float32 (each row sums to one over the keys).
+        """
+        B, L, C = x.shape
+        q, k, v, attn_bias = self._qkv_and_bias(x, window, shared_bias)
+        logits = (q * q.shape[-1]**-0.5) @ k.transpose(-2, -1)
+        if attn_bias is not None:
+            logits = logits + attn_bias
+        weights = logits.float().softmax(dim=-1)
+        dropped = F.dropout(weights, self.attn_drop, self.training)
+        x = (dropped.to(v.dtype) @ v).transpose(1, 2).reshape(B, L, C)
+        return self.proj_drop(self.proj(x)), weights
 
 
 class Mlp(nn.Module):
@@ -161,3 +197,22 @@ class Block(nn.Module):
         if self.gamma_2 is not None:
             y = self.gamma_2 * y
         return x + self.drop_path(y)
+
+    def forward_with_attention(
+            self,
+            x: torch.Tensor,
+            window: Window,
+            shared_bias: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` through :meth:`Attention.forward_explicit`: the
+        ``(B, 1+N, C)`` output and the ``(B, heads, 1+N, 1+N)`` attention
+        weights."""
+        y, weights = self.attn.forward_explicit(self.norm1(x), window,
+                                                shared_bias)
+        if self.gamma_1 is not None:
+            y = self.gamma_1 * y
+        x = x + self.drop_path(y)
+        y = self.mlp(self.norm2(x))
+        if self.gamma_2 is not None:
+            y = self.gamma_2 * y
+        return x + self.drop_path(y), weights
