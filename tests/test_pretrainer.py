@@ -1,4 +1,6 @@
 """BEiTPretrainer (v1 without neck, v2 with patch aggregation), tiny."""
+import re
+
 import pytest
 import torch
 from mmengine.config import Config
@@ -200,3 +202,22 @@ def test_pretraining_recipes_decay_as_the_official_pretraining(path):
             assert group['weight_decay'] == official_pretraining_decay(
                 name, param, cfg.optimizer.weight_decay), name
             assert group['lr'] == cfg.optimizer.lr, name
+
+
+@pytest.mark.parametrize('backbone,named', [
+    (dict(final_norm=True), 'final_norm=True'),
+    (dict(out_indices=(0, -1)), 'out_indices=(0, 2)'),
+])
+def test_patch_aggregation_needs_its_backbone_pairing(backbone, named):
+    """v2's neck holds the final norm and reads block early_layers - 1."""
+    args = dict(type='BEiT', arch=ARCH, img_size=32, patch_size=8,
+                use_mask_token=True, final_norm=False, out_indices=(1, -1))
+    args.update(backbone)
+    with pytest.raises(ValueError, match=re.escape(named)):
+        BEiTPretrainer(
+            backbone=args,
+            neck=dict(type='BEiTV2PatchAggregation', embed_dims=32,
+                      num_heads=2, feedforward_channels=64, early_layers=2,
+                      backbone_layers=3),
+            head=dict(type='BEiTMIMHead', in_channels=32, num_embed=16),
+            target_generator=dict(type='PatchPixels', patch_size=8))

@@ -79,6 +79,33 @@ class BEiTPretrainer(BaseSelfSupervisor):
         self.target_generator.eval()
         self._check_second_view_norm()
         self._check_tokenizer_grid()
+        self._check_neck_pairing()
+
+    def _check_neck_pairing(self) -> None:
+        """Refuse BEiT v2's patch aggregation on a backbone that does not
+        hand it what it needs: the neck holds the final norm it shares with
+        the main branch, so the backbone has ``final_norm=False``, and it
+        reads blocks ``early_layers - 1`` and the last (``out_indices``).
+
+        Raises:
+            ValueError: names the backbone arguments to change.
+        """
+        early = getattr(getattr(self, 'neck', None), 'early_layers', None)
+        if early is None:
+            return
+        wanted = (early - 1, len(self.backbone.blocks) - 1)
+        problems = []
+        if self.backbone.final_norm:
+            problems.append('final_norm=True (the neck holds the final norm: '
+                            'set final_norm=False)')
+        if tuple(self.backbone.out_indices) != wanted:
+            problems.append(f'out_indices={tuple(self.backbone.out_indices)} '
+                            f'(the neck reads blocks {wanted}: early_layers '
+                            f'- 1 = {early - 1} and the last)')
+        if problems:
+            raise ValueError(
+                f'{type(self.neck).__name__}(early_layers={early}) needs '
+                'another backbone: ' + '; '.join(problems))
 
     def _check_second_view_norm(self) -> None:
         """Refuse a data preprocessor whose second normalisation is not the

@@ -58,6 +58,7 @@ class BEiTV2PatchAggregation(BaseModule):
                  norm_eps: float = 1e-6,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
+        self.early_layers = early_layers
         total = max(backbone_layers, early_layers + num_layers)
         rates = torch.linspace(0, drop_path_rate, total).tolist()
         self.cls_pt_layers = nn.ModuleList([
