@@ -394,21 +394,7 @@ class BEiT(BaseBackbone):
             One output per ``out_indices`` entry, shaped by ``out_type``:
             ``(B, 1+N, C)``, ``(B, C)`` or ``(B, C, H, W)``.
         """
-        x, grid = self.embed(x, mask)
-        shared_bias = self.rel_pos_bias(grid) \
-            if self.rel_pos_bias is not None else None
-        outs = []
-        for i, block in enumerate(self.blocks):
-            if self.with_cp and self.training and x.requires_grad:
-                x = checkpoint(block, x, grid, shared_bias,
-                               use_reentrant=False)
-            else:
-                x = block(x, grid, shared_bias)
-            if i == self.num_layers - 1 and self.norm is not None:
-                x = self.norm(x)
-            if i in self.out_indices:
-                outs.append(self._format_output(x, grid))
-        return tuple(outs)
+        return self._run_blocks(x, mask, chosen=())[0]
 
     def forward_with_attention(
         self,
@@ -422,7 +408,7 @@ class BEiT(BaseBackbone):
         :meth:`forward` never forms the weights (its attention is
         ``F.scaled_dot_product_attention``); this runs the same blocks, the
         chosen ones through :meth:`Block.forward_with_attention`, the others
-        fused. For inspection (no gradient checkpointing).
+        fused. For inspection (the chosen blocks never checkpointed).
 
         Args:
             x: ``(B, C_in, H_img, W_img)``, as :meth:`forward`.
@@ -439,6 +425,16 @@ class BEiT(BaseBackbone):
         chosen = self._normalise_out_indices(
             range(self.num_layers) if layers is None else layers,
             self.num_layers, 'layers')
+        return self._run_blocks(x, mask, chosen)
+
+    def _run_blocks(
+        self, x: torch.Tensor, mask: Optional[torch.Tensor],
+        chosen: Sequence[int]
+    ) -> Tuple[Tuple[torch.Tensor, ...], Dict[int, torch.Tensor]]:
+        """Embed ``x`` ``(B, C_in, H_img, W_img)`` and run the blocks: the
+        outputs of ``out_indices`` and the ``(B, heads, 1+N, 1+N)``
+        attention weights of the ``chosen`` blocks (explicit softmax there,
+        fused attention elsewhere)."""
         x, grid = self.embed(x, mask)
         shared_bias = self.rel_pos_bias(grid) \
             if self.rel_pos_bias is not None else None
@@ -446,6 +442,9 @@ class BEiT(BaseBackbone):
         for i, block in enumerate(self.blocks):
             if i in chosen:
                 x, maps[i] = block.forward_with_attention(x, grid, shared_bias)
+            elif self.with_cp and self.training and x.requires_grad:
+                x = checkpoint(block, x, grid, shared_bias,
+                               use_reentrant=False)
             else:
                 x = block(x, grid, shared_bias)
             if i == self.num_layers - 1 and self.norm is not None:

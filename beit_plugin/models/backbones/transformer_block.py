@@ -189,14 +189,8 @@ class Block(nn.Module):
                 window: Window,
                 shared_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``(B, 1+N, C) -> (B, 1+N, C)``; see :meth:`Attention.forward`."""
-        y = self.attn(self.norm1(x), window, shared_bias)
-        if self.gamma_1 is not None:
-            y = self.gamma_1 * y
-        x = x + self.drop_path(y)
-        y = self.mlp(self.norm2(x))
-        if self.gamma_2 is not None:
-            y = self.gamma_2 * y
-        return x + self.drop_path(y)
+        return self._residuals(x, self.attn(self.norm1(x), window,
+                                            shared_bias))
 
     def forward_with_attention(
             self,
@@ -209,10 +203,16 @@ class Block(nn.Module):
         weights."""
         y, weights = self.attn.forward_explicit(self.norm1(x), window,
                                                 shared_bias)
+        return self._residuals(x, y), weights
+
+    def _residuals(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The rest of the block after attention: ``x`` plus the
+        layer-scaled attention output ``y``, then the MLP branch
+        (``(B, 1+N, C)`` each)."""
         if self.gamma_1 is not None:
             y = self.gamma_1 * y
         x = x + self.drop_path(y)
         y = self.mlp(self.norm2(x))
         if self.gamma_2 is not None:
             y = self.gamma_2 * y
-        return x + self.drop_path(y), weights
+        return x + self.drop_path(y)
