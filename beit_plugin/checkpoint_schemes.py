@@ -1,16 +1,19 @@
 """Weights-only loading for every checkpoint scheme MMEngine knows.
 
 MMEngine's ``CheckpointLoader`` picks a loader by the checkpoint's prefix.
-:mod:`beit_plugin.compat` makes the local one (no prefix) load with
-``torch.load(weights_only=True)``; the remote ones would still run code from
-a pickle: ``http(s)://`` goes through ``torch.hub.load_state_dict_from_url``,
-whose ``weights_only`` defaults to ``False``, on the download and on every
-later load from the hub cache, and the name schemes (``torchvision://``,
-``open-mmlab://``, ``mmcls://`` ...) resolve to such URLs. Here:
+The local one (no prefix) loads with ``torch.load(weights_only=True)``
+where :mod:`beit_plugin.compat` registers
+:func:`~beit_plugin.checkpoint_loading.load_from_local_weights_only`; the
+remote ones of MMEngine <= 0.10.7 would still run code from a pickle:
+``http(s)://`` goes through ``torch.hub.load_state_dict_from_url``, whose
+``weights_only`` defaults to ``False``, on the download and on every later
+load from the hub cache, and the name schemes (``torchvision://``,
+``open-mmlab://``, ``mmcls://`` ...) resolve to such URLs. Here, registered
+by :mod:`beit_plugin.compat` (fix ``remote_checkpoints_weights_only``):
 
 - ``http://`` / ``https://``: downloaded into torch's hub cache as torch
   does (rank 0 first, then the other ranks), and the cached file, new or
-  old, is read by :func:`~beit_plugin.compat.safe_torch_load`;
+  old, is read by :func:`~beit_plugin.checkpoint_loading.safe_torch_load`;
 - ``s3://`` / ``petrel://``: read through MMEngine's file backend into
   memory, then the same;
 - the schemes that name a model in a model zoo (``modelzoo://``,
@@ -27,7 +30,7 @@ from mmengine.dist import barrier, get_dist_info
 from mmengine.fileio import get_file_backend
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .compat import safe_torch_load
+from .checkpoint_loading import safe_torch_load
 
 HTTP_PREFIXES = ('http://', 'https://')
 STORAGE_PREFIXES = (r'(\S+\:)?s3://', r'(\S+\:)?petrel://')
@@ -94,7 +97,8 @@ def refuse_checkpoint_scheme(filename: str, map_location=None):
 
 
 def register_weights_only_remote_loaders() -> None:
-    """Serve MMEngine's remote checkpoint schemes with the loaders above."""
+    """Serve MMEngine's remote checkpoint schemes with the loaders above
+    (:mod:`beit_plugin.compat` calls it where MMEngine's would run code)."""
     CheckpointLoader.register_scheme(
         prefixes=HTTP_PREFIXES, loader=load_from_http_weights_only,
         force=True)

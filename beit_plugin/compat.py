@@ -1,97 +1,118 @@
-"""Fixes that make the upstream OpenMMLab packages work on torch 2.14, numpy 2.
+"""Fixes for faults of the upstream OpenMMLab packages on today's stack.
 
-This module is the single place where ``beit_plugin`` adapts MMEngine 0.10,
-MMPretrain 1.2, MMSegmentation 1.2 and mmcv(-lite) 2.1 to the current stack.
-``import beit_plugin`` imports it first and :func:`apply_fixes` runs once (it
-is idempotent), before any upstream model, dataset or runner is built:
+This module is the one place where ``beit_plugin`` changes code that is not
+its own. Each fix is an entry of :data:`FIXES`: its name, the upstream fault
+it works around (with the issue or the upstream code), a ``needed()``
+predicate and ``apply()``. ``import beit_plugin`` runs :func:`apply_fixes`,
+which applies the fixes whose predicate holds, and only those: on the
+package versions that have the fault (``importlib.metadata`` versions, up to
+the newest release checked, :data:`CHECKED`) and in the situation that
+triggers it (mmcv-lite, no ``pkg_resources``, an editable install).
+:func:`describe_active_fixes` is the one line our tools log at start.
 
-1. :func:`install_mmcv_ops_stand_in`: mmcv-lite has no compiled ``mmcv._ext``,
-   so ``import mmcv.ops`` fails and with it ``import mmseg.models`` /
-   ``mmseg.utils`` / ``mmseg.datasets`` (they import ``point_sample`` and
-   ``sigmoid_focal_loss`` from ``mmcv.ops`` unguarded). Only then, a
-   pure-PyTorch stand-in becomes ``mmcv.ops``; a full mmcv is never shadowed.
-2. :func:`register_weights_only_checkpoint_loader`: torch >= 2.6 defaults to
-   ``torch.load(weights_only=True)``, which refuses MMEngine's own runner
-   checkpoints (their ``message_hub`` holds ``HistoryBuffer`` objects and
-   numpy arrays / scalars). Local checkpoints are loaded by
-   :func:`safe_torch_load`: still ``weights_only=True``, with a minimal
-   allowlist of data-only types; a pickle that would run code is refused.
-3. :class:`BF16AmpOptimWrapper`: MMEngine's ``AmpOptimWrapper`` asserts that a
-   GPU (or NPU/MLU/MUSA) is present, so AMP training cannot start on a CPU.
-   This wrapper autocasts to bfloat16 (which needs no loss scaling) and works
-   on CPU; ``tools/train.py --amp`` picks it when CUDA is unavailable.
-4. numpy 2 removed ``np.in1d``, which MMPretrain's retrieval metrics
-   (``RetrievalRecall``, ``RetrievalAveragePrecision``) still call. They are
-   not on BEiT's path, so nothing is patched; the metrics that are
-   (``mmpretrain.evaluation.Accuracy``, ``mmseg.evaluation.IoUMetric``) work
-   unchanged with numpy 2.
-5. :func:`skip_cuda_set_device_without_cuda`: MMEngine's ``init_dist`` calls
-   ``torch.cuda.set_device`` for every launcher, which raises on a machine
-   without a GPU even with the ``gloo`` backend. It is skipped when CUDA is
-   unavailable. The config side of CPU distributed training (``gloo``, DDP with
-   ``device_ids=None``) is :func:`configure_cpu_distributed`, which the launch
-   tools call.
-6. :func:`replace_pkg_resources_helpers`: MMEngine's ``is_installed`` /
-   ``get_installed_path`` import ``pkg_resources``, which setuptools >= 81 no
-   longer ships, so a config inheriting ``mmpretrain::`` / ``mmseg::`` bases
-   fails to load. They are replaced by :mod:`importlib.metadata` versions,
-   whose ``get_installed_path`` also finds the package of an editable
-   install (``beit_plugin::`` bases in a checkout).
-   (A config is parsed before its ``custom_imports`` run, so tools that do
-   not import ``beit_plugin`` first, e.g. MMSegmentation's own
-   ``tools/train.py``, still need ``pkg_resources``: ``setup.py`` therefore
-   keeps setuptools < 81.)
-7. :func:`drop_scope_from_collate_fn`: a config inheriting an ``mmpretrain::``
-   base gets ``_scope_='mmpretrain'`` in every dict of that base, the
-   dataloader's ``collate_fn=dict(type='default_collate')`` included;
-   MMEngine's ``Runner.build_dataloader`` passes that key on to the function
-   (``default_collate() got an unexpected keyword argument '_scope_'``).
-   The key is dropped before the collate function is built.
-8. :func:`revert_sync_batchnorm_without_cuda`: MMSegmentation's models use
-   ``SyncBN`` (``nn.SyncBatchNorm``). MMEngine's ``Runner.wrap_model``
-   reverts it to BN only when training is not distributed; under a
-   distributed launch on a machine without CUDA (``tools/dist_train.sh`` with
-   gloo) ``DistributedDataParallel`` refuses the model (``SyncBatchNorm
-   layers only work with GPU modules``). When CUDA is unavailable, the model
-   is reverted to BN before it is wrapped (each rank then normalises over
-   its own batch), and a ``sync_bn`` of the config is ignored, with a
-   warning. With CUDA nothing changes.
+The fixes, in the order they are applied:
+
+``mmcv_ops_stand_in``
+    MMSegmentation <= 1.2.2 imports ``point_sample`` / ``sigmoid_focal_loss``
+    from ``mmcv.ops`` unguarded (``mmseg/models/decode_heads/point_head.py``,
+    ``mmseg/models/losses/focal_loss.py``), and mmcv-lite has no compiled
+    ``mmcv._ext``, so ``import mmseg.models`` fails with ``No module named
+    'mmcv._ext'`` (open-mmlab/mmsegmentation#126 and its many duplicates).
+    Needed: mmseg <= 1.2.2 installed and mmcv without ``mmcv._ext``. A
+    pure-PyTorch stand-in becomes ``mmcv.ops``; a full mmcv is never
+    shadowed.
+``local_checkpoints_weights_only``
+    MMEngine <= 0.10.7's ``load_from_local`` (the ``''`` scheme of
+    ``CheckpointLoader``: ``Runner.resume``, ``load_from``, ``Pretrained``
+    ``init_cfg``, ``mmseg.apis.init_model``) calls ``torch.load`` without
+    ``weights_only``: torch >= 2.6 then refuses MMEngine's own runner
+    checkpoints (``HistoryBuffer`` in ``message_hub``,
+    open-mmlab/mmengine#1655), older torch unpickles with code execution
+    allowed. The scheme is served by
+    :func:`beit_plugin.checkpoint_loading.load_from_local_weights_only`:
+    ``weights_only=True`` with a data-only allowlist. Process-wide, as the
+    fault is (every caller of MMEngine's loader hits it).
+``remote_checkpoints_weights_only``
+    MMEngine <= 0.10.7 loads ``http(s)://`` checkpoints with
+    ``torch.hub.load_state_dict_from_url`` (``weights_only=False``), and the
+    model-zoo schemes resolve to such URLs: a downloaded pickle can run
+    code. Served by :mod:`beit_plugin.checkpoint_schemes` (weights-only,
+    model-zoo schemes refused).
+``scope_prefix_from_any_scope``
+    MMEngine <= 0.10.7's ``Registry.get`` resolves a scope prefix
+    (``type='beit_plugin.BEiT'``) only among the root registry's direct
+    children, and our registries are children of MMPretrain's: from an
+    MMSegmentation config the prefix would not resolve. Our registries are
+    attached to MMEngine's roots (:func:`beit_plugin.registry.attach_to_root`).
+``package_helpers_without_pkg_resources``
+    MMEngine <= 0.10.7's ``is_installed`` / ``get_installed_path`` import
+    ``pkg_resources``, which setuptools >= 81 no longer ships, so a config
+    inheriting ``mmpretrain::`` / ``mmseg::`` bases fails to load (fixed
+    upstream by open-mmlab/mmengine#1676, after 0.10.7). Needed when
+    ``pkg_resources`` is missing: MMEngine's helpers are replaced by
+    :mod:`importlib.metadata` versions (:func:`is_installed`,
+    :func:`get_installed_path`). (A config is parsed before its
+    ``custom_imports`` run, so MMSegmentation's own ``tools/train.py`` still
+    needs ``pkg_resources``: ``setup.py`` keeps setuptools < 81.)
+``editable_install_config_scope``
+    With ``pkg_resources`` present, MMEngine <= 0.10.7's
+    ``get_installed_path`` looks for a package next to its metadata, which
+    an editable install (PEP 660) does not put there: ``beit_plugin::``
+    config bases of a checkout would not resolve. Needed for an editable
+    install of beit-plugin; only the answer for beit-plugin itself changes.
+
+Not fixes, and so elsewhere: the weights-only loader our own code calls
+(:mod:`beit_plugin.checkpoint_loading`), bfloat16 AMP on a CPU
+(:class:`beit_plugin.engine.optimizers.BF16AmpOptimWrapper`, an optimizer
+wrapper configs name), distributed training without CUDA
+(:mod:`beit_plugin.distributed`: gloo, CPU DDP, SyncBN as BN, MMEngine's
+``init_dist`` without ``torch.cuda.set_device``; our launch tools call it),
+and the ``_scope_`` an inherited ``collate_fn`` carries
+(:func:`beit_plugin.datasets.collate.default_collate`, which our configs
+name). numpy 2 removed ``np.in1d``, which only MMPretrain's retrieval
+metrics call; they are not on BEiT's path, so nothing is patched.
 """
-import argparse
-import copy
-import errno
-import functools
+import importlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
 import logging
 import os
-import pickle
 import sys
 import types
-import zipfile
-from contextlib import contextmanager
-from typing import (IO, Any, Callable, Dict, Iterator, List, NoReturn,
-                    Optional, Union)
-from unittest import mock
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
-import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.config import Config
-from mmengine.logging import HistoryBuffer, print_log
-from mmengine.optim import OptimWrapper
-from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
-from mmengine.runner import Runner
-from mmengine.runner import amp as mmengine_amp
-from mmengine.runner.checkpoint import CheckpointLoader
-from torch.nn.parallel import DistributedDataParallel
+from mmengine.logging import MMLogger, print_log
+from mmengine.utils import digit_version
 
-from .registry import OPTIM_WRAPPERS
+#: The newest release of each upstream package checked for the faults
+#: fixed here. A fix gated on a package applies up to this version; a newer
+#: release is assumed to have fixed the fault (re-check, then move the
+#: bound).
+CHECKED = {'mmengine': '0.10.7', 'mmsegmentation': '1.2.2'}
+
+
+def installed_version(distribution: str) -> Optional[str]:
+    """The installed version of ``distribution``, or None."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def has_checked_fault(distribution: str) -> bool:
+    """Whether ``distribution`` is installed in a version up to
+    :data:`CHECKED` (one with the faults fixed here)."""
+    version = installed_version(distribution)
+    return version is not None and digit_version(version) <= digit_version(
+        CHECKED[distribution])
+
 
 # ---------------------------------------------------------------------------
-# 1. mmcv-lite: a pure-PyTorch stand-in for ``mmcv.ops``
+# mmcv_ops_stand_in: a pure-PyTorch stand-in for ``mmcv.ops``
 # ---------------------------------------------------------------------------
 
 
@@ -198,325 +219,65 @@ def install_mmcv_ops_stand_in() -> bool:
     return True
 
 
+def _mmcv_ops_stand_in_needed() -> bool:
+    """mmseg (<= 1.2.2) installed and mmcv without its compiled
+    ``mmcv._ext`` (mmcv-lite)."""
+    return (_mmcv_lacks_compiled_ops()
+            and has_checked_fault('mmsegmentation'))
+
+
 # ---------------------------------------------------------------------------
-# 2. Checkpoints: torch.load(weights_only=True) with data-only extra types
+# local_checkpoints_weights_only / remote_checkpoints_weights_only
 # ---------------------------------------------------------------------------
-
-
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint needs more than the data-only types we allow to load."""
-
-
-_HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
-
-
-def _history_buffer_statistic(owner: Any, name: str) -> Callable:
-    """``getattr`` for the unpickler, restricted to HistoryBuffer statistics.
-
-    ``HistoryBuffer.__getstate__`` stores its statistics methods
-    (``HistoryBuffer.min`` ...), which pickle (protocol 2, as ``torch.save``
-    uses) writes as ``builtins.getattr(HistoryBuffer, 'min')``. Allowing
-    ``getattr`` itself would let a pickle reach any attribute of any allowed
-    type (e.g. ``numpy.ndarray.tofile``), so only these four are resolved.
-    """
-    if owner is HistoryBuffer and name in _HISTORY_BUFFER_STATISTICS:
-        return getattr(HistoryBuffer, name)
-    raise pickle.UnpicklingError(
-        f'getattr({owner!r}, {name!r}) is not allowed: only the statistics '
-        f'methods {_HISTORY_BUFFER_STATISTICS} of MMEngine\'s HistoryBuffer')
-
-
-def _numpy_multiarray() -> types.ModuleType:
-    """``numpy._core.multiarray`` (numpy 2) or ``numpy.core.multiarray``."""
-    return np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
-
-
-def checkpoint_safe_globals() -> List[Union[Callable, tuple]]:
-    """The types an MMEngine runner checkpoint needs beyond torch's defaults.
-
-    Found with ``torch.serialization.get_unsafe_globals_in_checkpoint`` on a
-    checkpoint saved by ``Runner``: ``HistoryBuffer`` and numpy's array,
-    scalar and dtype reconstruction (from ``message_hub``), plus
-    ``builtins.getattr`` (from ``HistoryBuffer``), which is replaced by the
-    restricted :func:`_history_buffer_statistic`. Plus ``argparse.Namespace``,
-    which the official microsoft/unilm BEiT training scripts save under
-    ``args`` in every checkpoint: it unpickles as a plain attribute bag
-    (no ``__setstate__``), its values through the same restricted
-    unpickler. All of them only rebuild data; none can call arbitrary code.
-    """
-    multiarray = _numpy_multiarray()
-    numeric = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8,
-               np.uint16, np.uint32, np.uint64, np.float16, np.float32,
-               np.float64)
-    return [
-        argparse.Namespace,
-        HistoryBuffer,
-        (_history_buffer_statistic, 'builtins.getattr'),
-        multiarray._reconstruct,
-        multiarray.scalar,
-        np.ndarray,
-        np.dtype,
-        *(type(np.dtype(t)) for t in numeric),
-    ]
-
-
-@contextmanager
-def _checkpoint_safe_globals() -> Iterator[None]:
-    """Allow :func:`checkpoint_safe_globals` within the block.
-
-    Entries a user already allowed stay allowed after the block
-    (``torch.serialization.safe_globals`` would remove them on exit).
-    """
-    already = torch.serialization.get_safe_globals()
-    extra = [g for g in checkpoint_safe_globals() if g not in already]
-    with torch.serialization.safe_globals(extra):
-        yield
-
-
-class TruncatedCheckpointError(RuntimeError):
-    """A checkpoint file that ends early (saving it was interrupted)."""
-
-
-class NotACheckpointError(ValueError):
-    """A file given as a checkpoint that ``torch.save`` did not write."""
-
-
-def _head(f: Union[str, os.PathLike, IO[bytes]], size: int) -> bytes:
-    """The first ``size`` bytes of a path or of a file object (whose
-    position is kept)."""
-    if isinstance(f, (str, os.PathLike)):
-        with open(f, 'rb') as file:
-            return file.read(size)
-    position = f.tell()
-    head = f.read(size)
-    f.seek(position)
-    return head
-
-
-def safe_torch_load(f: Union[str, os.PathLike, IO[bytes]],
-                    map_location: Any = None,
-                    source: Optional[str] = None) -> Any:
-    """``torch.load`` a checkpoint without ever running code from it.
-
-    Loads with ``weights_only=True`` (never ``False``), allowing only
-    :func:`checkpoint_safe_globals` beyond torch's own tensor types, so that
-    MMEngine runner checkpoints (resume, ``load_from``) load.
-
-    Args:
-        f: Path or binary file object.
-        map_location: As for :func:`torch.load`.
-        source: Where ``f`` came from (e.g. its URL), named in a refusal;
-            defaults to ``f``'s name.
-
-    Returns:
-        The loaded object.
-
-    Raises:
-        UnsafeCheckpointError: The file needs another type or function, i.e.
-            it would run code or is not a plain (MMEngine) checkpoint.
-        TruncatedCheckpointError: The file is a truncated checkpoint
-            (empty, or cut off while it was being written).
-        NotACheckpointError: The file is neither of torch.save's formats
-            (an image, a text file ...).
-    """
-    head = _head(f, 2)
-    # torch.save writes a zip archive ("PK"), or in its legacy format a
-    # pickle (protocol 2: b"\x80\x02"); anything else would fail inside
-    # torch's legacy reader with e.g. "KeyError: 101", or look like a pickle
-    # refused as unsafe
-    if head and not head.startswith((b'PK', b'\x80')):
-        name = source or getattr(f, 'name', f)
-        raise NotACheckpointError(
-            f'{str(name)!r} is not a checkpoint: it begins with {head!r}, '
-            'while a file written by torch.save is a zip archive (or, in '
-            'the legacy format, a pickle). Was an image, a config or a log '
-            'given as the checkpoint?')
-    try:
-        with _checkpoint_safe_globals():
-            return torch.load(f, map_location=map_location, weights_only=True)
-    except (EOFError, OSError, RuntimeError, ValueError) as err:
-        # torch.save writes a zip archive; cut off, it lacks the archive's end
-        # record and torch fails by where it was cut: EOFError (empty file),
-        # "failed reading zip archive", or a negative seek in the central
-        # directory (EINVAL on a file, ValueError on a buffer). Other errors
-        # of these types, or of an archive with its end record, are not
-        # truncation.
-        cut_archive = (
-            isinstance(err, RuntimeError)
-            and 'failed reading zip archive' in str(err)
-            or isinstance(err, OSError) and err.errno == errno.EINVAL
-            or isinstance(err, ValueError) and 'negative seek' in str(err))
-        if not (isinstance(err, EOFError)
-                or cut_archive and not zipfile.is_zipfile(f)):
-            raise
-        name = source or getattr(f, 'name', f)
-        raise TruncatedCheckpointError(
-            f'Cannot load {str(name)!r}: truncated checkpoint (the file ends '
-            'early, as when saving it was interrupted: killed, out of disk '
-            'space). Load an earlier checkpoint.') from err
-    except pickle.UnpicklingError as err:
-        name = source or getattr(f, 'name', f)
-        # torch's first line names what is refused; drop its advice to allow it
-        reason = str(err).split('WeightsUnpickler error:')[-1].strip()
-        reason = reason.splitlines()[0].split(' Please use')[0]
-        raise UnsafeCheckpointError(
-            f'Refusing to load checkpoint {str(name)!r}: it needs a type or '
-            f'function that is not allowed ({reason}). beit_plugin loads '
-            'checkpoints with torch.load(weights_only=True) and a fixed '
-            'allowlist of data-only types '
-            '(beit_plugin.compat.checkpoint_safe_globals), so that a '
-            'checkpoint can never run code. If you trust this file, load it '
-            'yourself and re-save its tensors as a plain state dict.') from err
-
-
-def load_from_local_weights_only(filename: str,
-                                 map_location: Any = None) -> Any:
-    """MMEngine's local-file checkpoint loader, via :func:`safe_torch_load`.
-
-    Same contract as ``mmengine.runner.checkpoint.load_from_local``.
-    """
-    filename = os.path.expanduser(filename)
-    if not os.path.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
-    return safe_torch_load(filename, map_location=map_location)
 
 
 def register_weights_only_checkpoint_loader() -> None:
-    """Make :func:`load_from_local_weights_only` MMEngine's local loader.
+    """Make MMEngine's local loader
+    :func:`~beit_plugin.checkpoint_loading.load_from_local_weights_only`.
 
     ``CheckpointLoader`` serves every path without a URL scheme (prefix
     ``''``) with it, so ``Runner.resume``, ``load_from`` and
     ``init_cfg=dict(type='Pretrained', checkpoint=<local file>)`` all load
-    with ``weights_only=True``. The remote schemes (``http://``, ``s3://``,
-    ...) are served by :mod:`beit_plugin.checkpoint_schemes`.
+    with ``weights_only=True``.
     """
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from .checkpoint_loading import load_from_local_weights_only
     CheckpointLoader.register_scheme(
         prefixes='', loader=load_from_local_weights_only, force=True)
 
 
-# ---------------------------------------------------------------------------
-# 3. AMP on CPU
-# ---------------------------------------------------------------------------
+def _register_remote_loaders() -> None:
+    from .checkpoint_schemes import register_weights_only_remote_loaders
+    register_weights_only_remote_loaders()
 
 
-@OPTIM_WRAPPERS.register_module()
-class BF16AmpOptimWrapper(OptimWrapper):
-    """Mixed-precision training with bfloat16 autocast, also on CPU.
-
-    MMEngine 0.10.7's ``AmpOptimWrapper`` asserts in ``__init__`` that a GPU
-    (or NPU/MLU/MUSA) is present, even with ``dtype='bfloat16'``, so it
-    cannot be built on a CPU-only machine. This wrapper runs the forward pass
-    under ``mmengine.runner.amp.autocast(dtype=torch.bfloat16)`` on the
-    current device (CPU autocast supports bfloat16 only). bfloat16 has
-    float32's exponent range, so no loss scaler is needed and ``backward`` /
-    ``step`` are ``OptimWrapper``'s.
-
-    Use it as ``optim_wrapper=dict(type='beit_plugin.BF16AmpOptimWrapper',
-    optimizer=...)``.
-    """
-
-    @contextmanager
-    def optim_context(self, model: nn.Module) -> Iterator[None]:
-        """``OptimWrapper``'s context, plus bfloat16 autocast."""
-        with super().optim_context(model), mmengine_amp.autocast(
-                dtype=torch.bfloat16):
-            yield
+def _mmengine_checkpoint_fault() -> bool:
+    return has_checked_fault('mmengine')
 
 
 # ---------------------------------------------------------------------------
-# 4. numpy 2: ``np.in1d`` is gone; only MMPretrain's retrieval metrics use it,
-#    which BEiT does not. Nothing to fix (see the module docstring).
-# ---------------------------------------------------------------------------
-
-# ---------------------------------------------------------------------------
-# 5. Distributed training on CPU
-# ---------------------------------------------------------------------------
-
-_INIT_DIST_FUNCTIONS = ('_init_dist_pytorch', '_init_dist_mpi',
-                        '_init_dist_slurm')
-
-
-def _skip_set_device(device: Any) -> None:
-    """Stands in for ``torch.cuda.set_device`` when there is no CUDA."""
-
-
-def _skipping_cuda_set_device(init_fn: Callable) -> Callable:
-    """Wrap one of MMEngine's ``_init_dist_*`` functions (see caller)."""
-
-    @functools.wraps(init_fn)
-    def init_dist_without_cuda(*args, **kwargs) -> None:
-        if torch.cuda.is_available():
-            return init_fn(*args, **kwargs)
-        with mock.patch.object(torch.cuda, 'set_device', _skip_set_device):
-            return init_fn(*args, **kwargs)
-
-    return init_dist_without_cuda
-
-
-def skip_cuda_set_device_without_cuda() -> None:
-    """Let MMEngine's ``init_dist`` work on machines without CUDA.
-
-    ``mmengine.dist.utils._init_dist_pytorch`` / ``_init_dist_mpi`` /
-    ``_init_dist_slurm`` call ``torch.cuda.set_device(local_rank)`` before
-    ``init_process_group``, which raises (``Found no NVIDIA driver``) without
-    a GPU, whatever the backend. When CUDA is unavailable that call is
-    skipped; everything else MMEngine does is unchanged. ``init_dist`` looks
-    these functions up at call time, so it picks up the wrapped ones.
-    """
-    from mmengine.dist import utils as dist_utils
-    for name in _INIT_DIST_FUNCTIONS:
-        init_fn = getattr(dist_utils, name)
-        if not hasattr(init_fn, '__wrapped__'):
-            setattr(dist_utils, name, _skipping_cuda_set_device(init_fn))
-
-
-def configure_cpu_distributed(cfg: Config) -> None:
-    """Adapt a config's distributed settings to a machine without CUDA.
-
-    Does nothing when CUDA is available or ``cfg.launcher`` is ``'none'``.
-    Otherwise sets ``env_cfg.dist_cfg.backend='gloo'`` (NCCL needs GPUs) and
-    makes the model wrapper a ``DistributedDataParallel`` with
-    ``device_ids=None``, which DDP requires for CPU modules (MMEngine's
-    ``Runner`` passes ``device_ids=[LOCAL_RANK]`` unless the wrapper config
-    says otherwise). A ``model_wrapper_cfg`` of the config is kept; only
-    ``device_ids=None`` is added to it if it is a DDP wrapper.
-
-    Args:
-        cfg (Config): The full config, with ``launcher`` set; changed in place.
-    """
-    if torch.cuda.is_available() or cfg.get('launcher', 'none') == 'none':
-        return
-    if cfg.get('env_cfg') is None:
-        cfg.env_cfg = dict()
-    if cfg.env_cfg.get('dist_cfg') is None:
-        cfg.env_cfg.dist_cfg = dict()
-    dist_cfg = cfg.env_cfg.dist_cfg
-    if dist_cfg.get('backend', 'nccl') != 'gloo':
-        print_log(
-            f"CUDA is not available: dist_cfg.backend "
-            f"{dist_cfg.get('backend', 'nccl')!r} -> 'gloo'",
-            logger='current',
-            level=logging.WARNING)
-        dist_cfg['backend'] = 'gloo'
-    if cfg.get('model_wrapper_cfg') is None:
-        cfg.model_wrapper_cfg = dict(
-            type='MMDistributedDataParallel',
-            broadcast_buffers=False,
-            find_unused_parameters=cfg.get('find_unused_parameters', False))
-    wrapper_cfg: Dict = cfg.model_wrapper_cfg
-    wrapper_type = MMENGINE_MODEL_WRAPPERS.get(
-        wrapper_cfg.get('type', 'MMDistributedDataParallel'))
-    if isinstance(wrapper_type, type) and issubclass(wrapper_type,
-                                                     DistributedDataParallel):
-        wrapper_cfg.setdefault('device_ids', None)
-
-
+# scope_prefix_from_any_scope
 # ---------------------------------------------------------------------------
 
 
+def _scope_prefix_needed() -> bool:
+    from . import registry
+    return has_checked_fault('mmengine') and not all(
+        registry.reachable_from_root(r) for r in registry._NESTED)
+
+
+def _attach_registries() -> None:
+    from .registry import attach_to_root
+    attach_to_root()
+
+
 # ---------------------------------------------------------------------------
-# 6. setuptools >= 81: no ``pkg_resources`` for MMEngine's package helpers
+# package_helpers_without_pkg_resources / editable_install_config_scope
 # ---------------------------------------------------------------------------
+
+#: Our distribution, whose folder ``beit_plugin::`` config bases name.
+DISTRIBUTION = 'beit-plugin'
 
 
 def _distribution(package: str):
@@ -571,112 +332,187 @@ def get_installed_path(package: str) -> str:
     return _module_dir(module) or path
 
 
-def replace_pkg_resources_helpers() -> None:
-    """Use :func:`is_installed` / :func:`get_installed_path` in MMEngine in
-    place of its own, which need ``pkg_resources`` (and are slow with it)."""
+
+def _pkg_resources_available() -> bool:
+    """Whether ``import pkg_resources`` would find the module (without
+    importing it: setuptools warns on import)."""
+    try:
+        return importlib.util.find_spec('pkg_resources') is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _mmengine_helper_modules() -> List[types.ModuleType]:
     from mmengine import utils as mmengine_utils
     from mmengine.config import config as mmengine_config
     from mmengine.utils import package_utils
-    for module in (package_utils, mmengine_utils, mmengine_config):
+    return [package_utils, mmengine_utils, mmengine_config]
+
+
+def replace_pkg_resources_helpers() -> None:
+    """Use :func:`is_installed` / :func:`get_installed_path` in MMEngine in
+    place of its own, which need ``pkg_resources``."""
+    for module in _mmengine_helper_modules():
         module.is_installed = is_installed
         module.get_installed_path = get_installed_path
 
 
+def _package_helpers_needed() -> bool:
+    return has_checked_fault('mmengine') and not _pkg_resources_available()
+
+
+def _editable_install() -> bool:
+    """Whether beit-plugin's package is not next to its metadata (an
+    editable install), where MMEngine's ``get_installed_path`` looks."""
+    dist = _distribution(DISTRIBUTION)
+    if dist is None:
+        return False
+    beside = os.path.join(str(dist.locate_file('')), 'beit_plugin')
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.realpath(beside) != os.path.realpath(here)
+
+
+def _editable_scope_needed() -> bool:
+    return (has_checked_fault('mmengine') and _pkg_resources_available()
+            and _editable_install())
+
+
+def answer_for_own_package(original: Callable[[str], str]
+                           ) -> Callable[[str], str]:
+    """``original`` (MMEngine's ``get_installed_path``), except for
+    beit-plugin, whose folder :func:`get_installed_path` finds."""
+    if getattr(original, '__beit_plugin_own__', False):
+        return original
+
+    def own_package_path(package: str) -> str:
+        if package == DISTRIBUTION:
+            return get_installed_path(package)
+        return original(package)
+
+    own_package_path.__beit_plugin_own__ = True
+    own_package_path.__wrapped__ = original
+    own_package_path.__doc__ = original.__doc__
+    return own_package_path
+
+
+def find_editable_install() -> None:
+    """Let MMEngine's ``get_installed_path`` find an editable install of
+    beit-plugin; every other package is MMEngine's to answer."""
+    for module in _mmengine_helper_modules():
+        module.get_installed_path = answer_for_own_package(
+            module.get_installed_path)
+
+
 # ---------------------------------------------------------------------------
-# 7. ``_scope_`` in an inherited ``collate_fn``
+# The table, applying and logging
 # ---------------------------------------------------------------------------
 
 
-def _without_collate_scope(dataloader: Any) -> Any:
-    """A dataloader config whose ``collate_fn`` dict has no ``_scope_``."""
-    if not isinstance(dataloader, dict):
-        return dataloader
-    collate_fn = dataloader.get('collate_fn')
-    if not isinstance(collate_fn, dict) or '_scope_' not in collate_fn:
-        return dataloader
-    dataloader = copy.copy(dataloader)
-    dataloader['collate_fn'] = {
-        k: v for k, v in collate_fn.items() if k != '_scope_'}
-    return dataloader
+@dataclass(frozen=True)
+class Fix:
+    """One fix of an upstream fault.
 
-
-def drop_scope_from_collate_fn() -> None:
-    """Make ``Runner.build_dataloader`` ignore a ``collate_fn``'s
-    ``_scope_`` (the original stays reachable as ``__wrapped__``)."""
-    original = Runner.build_dataloader
-    if hasattr(original, '__wrapped__'):
-        return
-
-    @functools.wraps(original)
-    def build_dataloader(dataloader: Any, *args, **kwargs):
-        return original(_without_collate_scope(dataloader), *args, **kwargs)
-
-    Runner.build_dataloader = staticmethod(build_dataloader)
-
-
-# ---------------------------------------------------------------------------
-# 8. SyncBN under distributed training without CUDA
-# ---------------------------------------------------------------------------
-
-
-def _has_sync_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
-
-
-def revert_sync_batchnorm_without_cuda() -> None:
-    """Make ``Runner.wrap_model`` revert SyncBN to BN under a distributed
-    launch when CUDA is unavailable (the original stays reachable as
-    ``__wrapped__``).
-
-    ``DistributedDataParallel`` raises ``SyncBatchNorm layers only work with
-    GPU modules`` for a CPU model holding ``nn.SyncBatchNorm``; MMEngine only
-    reverts SyncBN when training is not distributed. Without CUDA the model's
-    SyncBN layers become ``BatchNormXd`` (weights and running statistics
-    kept, so checkpoints are unchanged) and ``cfg.sync_bn`` (which would
-    convert BN to SyncBN again) is skipped, each with a logged warning.
+    Attributes:
+        name: Short name, as logged.
+        upstream: The fault and where it is (issue, upstream code).
+        needed: Whether the fault is present here (versions, situation).
+        apply: Works around it; called once, only when ``needed()``.
     """
-    from mmengine.model import is_model_wrapper, revert_sync_batchnorm
-    from mmengine.runner import runner as runner_module
-
-    original = Runner.wrap_model
-    if hasattr(original, '__wrapped__'):
-        return
-
-    @functools.wraps(original)
-    def wrap_model(self, model_wrapper_cfg, model):
-        if (torch.cuda.is_available() or not self.distributed
-                or is_model_wrapper(model)):
-            return original(self, model_wrapper_cfg, model)
-        if _has_sync_batchnorm(model):
-            print_log(
-                'CUDA is not available: SyncBN layers are reverted to BN for '
-                'distributed training on the CPU (DistributedDataParallel '
-                'only supports SyncBN on GPUs); each process normalises over '
-                'its own batch.',
-                logger='current',
-                level=logging.WARNING)
-            model = revert_sync_batchnorm(model)
-        if self.cfg.get('sync_bn') is not None:
-            print_log(
-                f'CUDA is not available: sync_bn={self.cfg.sync_bn!r} is '
-                'ignored (SyncBN needs GPUs).',
-                logger='current',
-                level=logging.WARNING)
-        with mock.patch.object(runner_module, 'convert_sync_batchnorm',
-                               lambda module, *args, **kwargs: module):
-            return original(self, model_wrapper_cfg, model)
-
-    Runner.wrap_model = wrap_model
+    name: str
+    upstream: str
+    needed: Callable[[], bool]
+    apply: Callable[[], Any]
 
 
-def apply_fixes() -> None:
-    """Apply every import-time fix of this module; safe to call again."""
-    install_mmcv_ops_stand_in()
-    replace_pkg_resources_helpers()
-    register_weights_only_checkpoint_loader()
-    skip_cuda_set_device_without_cuda()
-    drop_scope_from_collate_fn()
-    revert_sync_batchnorm_without_cuda()
+FIXES: Tuple[Fix, ...] = (
+    Fix('mmcv_ops_stand_in',
+        'mmseg<=1.2.2 imports mmcv.ops unguarded; mmcv-lite has no '
+        'mmcv._ext (open-mmlab/mmsegmentation#126)',
+        _mmcv_ops_stand_in_needed, install_mmcv_ops_stand_in),
+    Fix('local_checkpoints_weights_only',
+        'mmengine<=0.10.7 load_from_local: torch.load without weights_only '
+        '(open-mmlab/mmengine#1655)',
+        _mmengine_checkpoint_fault, register_weights_only_checkpoint_loader),
+    Fix('remote_checkpoints_weights_only',
+        'mmengine<=0.10.7 load_from_http: load_state_dict_from_url with '
+        'weights_only=False',
+        _mmengine_checkpoint_fault, _register_remote_loaders),
+    Fix('scope_prefix_from_any_scope',
+        "mmengine<=0.10.7 Registry.get: a scope prefix resolves only among "
+        "the root's direct children",
+        _scope_prefix_needed, _attach_registries),
+    Fix('package_helpers_without_pkg_resources',
+        'mmengine<=0.10.7 is_installed/get_installed_path need '
+        'pkg_resources (open-mmlab/mmengine#1676)',
+        _package_helpers_needed, replace_pkg_resources_helpers),
+    Fix('editable_install_config_scope',
+        'mmengine<=0.10.7 get_installed_path misses an editable install',
+        _editable_scope_needed, find_editable_install),
+)
+
+_ACTIVE: Dict[str, Fix] = {}
+
+
+def active_fixes() -> List[str]:
+    """Names of the fixes applied in this process, in order."""
+    return list(_ACTIVE)
+
+
+def describe_active_fixes() -> str:
+    """The one line that says which fixes are active, and why."""
+    if not _ACTIVE:
+        return 'beit_plugin upstream fixes active: none'
+    return 'beit_plugin upstream fixes active: ' + '; '.join(
+        f'{fix.name} ({fix.upstream})' for fix in _ACTIVE.values())
+
+
+def log_active_fixes(logger: Any = 'current') -> None:
+    """Log :func:`describe_active_fixes` (MMEngine's ``print_log``)."""
+    print_log(describe_active_fixes(), logger=logger, level=logging.INFO)
+
+
+def apply_fixes() -> List[str]:
+    """Apply each fix of :data:`FIXES` that is needed and not yet applied;
+    safe to call again. Logs the active fixes when it applied one: to the
+    current MMEngine logger if there is one, else to the ``beit_plugin``
+    Python logger (nothing is printed at import unless logging is set up).
+
+    Returns:
+        list: The names of the fixes this call applied.
+    """
+    applied = []
+    for fix in FIXES:
+        if fix.name not in _ACTIVE and fix.needed():
+            fix.apply()
+            _ACTIVE[fix.name] = fix
+            applied.append(fix.name)
+    if applied:
+        log_active_fixes('current' if MMLogger._instance_dict else
+                         logging.getLogger('beit_plugin'))
+    return applied
+
+
+# ---------------------------------------------------------------------------
+# Names that moved out of this module, still importable from here
+# ---------------------------------------------------------------------------
+
+_MOVED = {
+    'UnsafeCheckpointError': 'checkpoint_loading',
+    'TruncatedCheckpointError': 'checkpoint_loading',
+    'NotACheckpointError': 'checkpoint_loading',
+    'checkpoint_safe_globals': 'checkpoint_loading',
+    'safe_torch_load': 'checkpoint_loading',
+    'load_from_local_weights_only': 'checkpoint_loading',
+    'BF16AmpOptimWrapper': 'engine.optimizers',
+    'configure_cpu_distributed': 'distributed',
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        module = importlib.import_module(f'{__package__}.{_MOVED[name]}')
+        return getattr(module, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 apply_fixes()

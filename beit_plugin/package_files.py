@@ -40,7 +40,7 @@ def register_config_scope() -> None:
     """Let MMEngine resolve ``beit_plugin::`` config bases (see module doc).
 
     MMEngine finds the package's folder with ``get_installed_path`` of the
-    distribution, which :mod:`beit_plugin.compat` replaces with a version that
-    also handles editable installs.
+    distribution; :mod:`beit_plugin.compat` makes it find an editable
+    install too (MMEngine <= 0.10.7 looks beside the metadata).
     """
     config_utils.MODULE2PACKAGE[CONFIG_SCOPE] = DISTRIBUTION

@@ -75,9 +75,12 @@ train_pipeline = [
          num_masking_patches=26, min_num_patches=4, fixed_count=True),
     dict(type='PackInputs'),
 ]
+# the base's collate_fn carries _scope_='mmpretrain', which MMEngine's
+# Runner.build_dataloader would pass to default_collate; ours drops it
 train_dataloader = dict(
     batch_size=32,
     num_workers=2,
+    collate_fn=dict(type='beit_plugin.default_collate'),
     dataset=dict(
         type='beit_plugin.DemoImageNet',  # generates data/demo
         data_root='data/demo/imagenet',

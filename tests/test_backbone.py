@@ -142,6 +142,19 @@ def test_shared_and_per_layer_bias_agree_when_tables_agree():
     assert not torch.allclose(per_layer(x)[0], shared(x)[0])
 
 
+def test_neck_inputs_are_the_grid_and_the_shared_bias():
+    """What BEiT v2's patch aggregation gets from the backbone: the patch
+    grid of the images and the shared bias the blocks add on it."""
+    model = randomise(tiny())
+    images = torch.randn(2, 3, 48, 32)  # another size than built for
+    grid, bias = model.neck_inputs(images)
+    assert grid == model.patch_grid_of(images) == (6, 4)
+    torch.testing.assert_close(bias, model.rel_pos_bias((6, 4)))
+    assert model.shared_bias(grid) is not None
+    per_layer = tiny(use_shared_rel_pos_bias=False, use_rel_pos_bias=True)
+    assert per_layer.neck_inputs(images) == ((6, 4), None)
+
+
 def test_other_resolution_at_runtime_equals_model_built_for_it():
     small = randomise(tiny(use_abs_pos_emb=True)).eval()
     big = tiny(img_size=48, use_abs_pos_emb=True).eval()
@@ -194,19 +207,20 @@ def test_arch_presets():
     assert model.blocks[0].mlp.fc1.out_features == 1536
 
 
-def test_missing_pretrained_checkpoint_names_the_command(tmp_path,
-                                                         monkeypatch):
-    """A missing work_dirs checkpoint: a one-line error with the command
-    that writes it (run from the repository root, as the README does)."""
+def test_missing_pretrained_checkpoint_names_the_file(tmp_path,
+                                                      monkeypatch):
+    """A missing checkpoint: a one-line error naming the file (its
+    ``checkpoint``, where tools/train.py adds the command that writes it:
+    tests/test_compat.py::test_missing_checkpoint_hint); the backbone knows
+    nothing of the repository's folders."""
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     path = 'work_dirs/beit_pretrain/no_such_iter.pth'
     model = BEiT(arch=TINY_ARCH, img_size=32, patch_size=8,
                  init_cfg=dict(type='Pretrained', checkpoint=path))
     with pytest.raises(FileNotFoundError) as error:
         model.init_weights()
-    assert str(error.value) == (
-        f'init_cfg checkpoint {path} does not exist: it is written by '
-        '`python tools/train.py configs/beit_pretrain.py`')
+    assert str(error.value) == f'init_cfg checkpoint {path} does not exist'
+    assert error.value.checkpoint == path
     other = BEiT(arch=TINY_ARCH, img_size=32, patch_size=8, init_cfg=dict(
         type='Pretrained', checkpoint=str(tmp_path / 'x.pth')))
     with pytest.raises(FileNotFoundError, match=r'x\.pth does not exist$'):

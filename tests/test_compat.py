@@ -1,8 +1,12 @@
-"""Tests of beit_plugin.compat and of the launch tools (tools/*.py, *.sh).
+"""Tests of beit_plugin.compat, of what moved out of it (checkpoint_loading,
+distributed, BF16AmpOptimWrapper, the tolerant collate function) and of the
+launch tools (tools/*.py, *.sh).
 
-Each fix is tested twice where that is possible: the upstream failure is
+Each fix is tested both ways where that is possible: the upstream failure is
 shown without the fix (a subprocess that does not import beit_plugin, or
-MMEngine's original function), and the fixed behaviour with it.
+MMEngine's original function), and the fixed behaviour with it; and where
+the fault is absent (versions reported newer than the ones checked), the
+fix is not applied and MMEngine is left as it is.
 """
 import copy
 import importlib.util
@@ -28,6 +32,10 @@ from mmengine.runner.checkpoint import (_load_checkpoint, load_checkpoint,
 from mmengine.utils.dl_utils import mmcv_full_available
 
 from beit_plugin import compat  # also applies the fixes in this process
+from beit_plugin import checkpoint_loading
+from beit_plugin.checkpoint_loading import (UnsafeCheckpointError,
+                                            safe_torch_load)
+from beit_plugin.distributed import configure_cpu_distributed
 from compat_toys import ToyDataset, ToyModel
 from helpers import (ROOT, TOY_CONFIG, CreatesFile, free_port, load_tool,
                      make_runner, run)
@@ -160,12 +168,157 @@ def test_stand_in_never_shadows_full_mmcv(
 
 @needs_mmcv_lite
 def test_apply_fixes_is_idempotent() -> None:
-    import mmengine.dist.utils as dist_utils
-    ops, init_fn = sys.modules['mmcv.ops'], dist_utils._init_dist_pytorch
-    compat.apply_fixes()
+    from mmengine.runner.checkpoint import CheckpointLoader
+    ops = sys.modules['mmcv.ops']
+    local = CheckpointLoader._schemes['']
+    active = compat.active_fixes()
+    assert compat.apply_fixes() == []
     assert sys.modules['mmcv.ops'] is ops
-    assert dist_utils._init_dist_pytorch is init_fn
-    assert not hasattr(init_fn.__wrapped__, '__wrapped__')
+    assert CheckpointLoader._schemes[''] is local
+    assert compat.active_fixes() == active
+
+
+def test_stand_in_gate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Needed only for mmseg <= 1.2.2 and an mmcv without compiled ops."""
+    versions = {'mmsegmentation': '1.2.2'}
+    monkeypatch.setattr(compat, 'installed_version', versions.get)
+    monkeypatch.setattr(compat, '_mmcv_lacks_compiled_ops', lambda: True)
+    assert compat._mmcv_ops_stand_in_needed()
+    versions['mmsegmentation'] = '1.3.0'  # a release after the fault
+    assert not compat._mmcv_ops_stand_in_needed()
+    del versions['mmsegmentation']  # no mmseg: nothing imports mmcv.ops
+    assert not compat._mmcv_ops_stand_in_needed()
+    versions['mmsegmentation'] = '1.2.2'
+    monkeypatch.setattr(compat, '_mmcv_lacks_compiled_ops', lambda: False)
+    assert not compat._mmcv_ops_stand_in_needed()  # full mmcv
+
+
+# ---------------------------------------------------------------------------
+# The table: gates, the log line, nothing changed where no fault
+# ---------------------------------------------------------------------------
+
+
+def test_every_fix_names_its_fault() -> None:
+    names = [fix.name for fix in compat.FIXES]
+    assert len(set(names)) == len(names)
+    for fix in compat.FIXES:
+        assert fix.upstream and callable(fix.needed) and callable(fix.apply)
+    assert set(compat.active_fixes()) <= set(names)
+
+
+def test_active_fixes_line() -> None:
+    line = compat.describe_active_fixes()
+    assert line.startswith('beit_plugin upstream fixes active: ')
+    assert '\n' not in line
+    for fix in compat.FIXES:
+        assert (f'{fix.name} ({fix.upstream})' in line) == (
+            fix.name in compat.active_fixes())
+    # mmengine 0.10.7: its checkpoint loaders and registry lookup have the
+    # faults on any torch
+    if compat.has_checked_fault('mmengine'):
+        assert {'local_checkpoints_weights_only',
+                'remote_checkpoints_weights_only',
+                'scope_prefix_from_any_scope'} <= set(compat.active_fixes())
+
+
+@pytest.mark.parametrize('version, needed', [('0.10.7', True),
+                                             ('0.10.3', True),
+                                             ('0.11.0', False)])
+def test_mmengine_gates(version: str, needed: bool,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    versions = {'mmengine': version}
+    monkeypatch.setattr(compat, 'installed_version', versions.get)
+    assert compat._mmengine_checkpoint_fault() is needed
+    monkeypatch.setattr(compat, '_pkg_resources_available', lambda: False)
+    assert compat._package_helpers_needed() is needed
+    monkeypatch.setattr(compat, '_pkg_resources_available', lambda: True)
+    assert not compat._package_helpers_needed()  # setuptools < 81
+    monkeypatch.setattr(compat, '_editable_install', lambda: True)
+    assert compat._editable_scope_needed() is needed
+    monkeypatch.setattr(compat, '_editable_install', lambda: False)
+    assert not compat._editable_scope_needed()
+
+
+# MMEngine reported newer than the versions with its faults. (mmseg stays
+# as installed: the plugin imports mmseg.datasets, which needs the mmcv.ops
+# stand-in with mmcv-lite; test_stand_in_gate covers that gate.)
+NO_FAULT = """
+import importlib.metadata
+real_version = importlib.metadata.version
+NEWER = {'mmengine': '0.11.0'}
+importlib.metadata.version = lambda name: NEWER.get(name) or real_version(name)
+
+from mmengine.registry import MODELS
+from mmengine.runner import checkpoint as ckpt
+from mmengine.utils import package_utils
+before = dict(ckpt.CheckpointLoader._schemes)
+helpers = (package_utils.is_installed, package_utils.get_installed_path)
+import beit_plugin
+from beit_plugin import compat
+from mmengine.utils.dl_utils import mmcv_full_available
+expected = [] if mmcv_full_available() else ['mmcv_ops_stand_in']
+assert compat.active_fixes() == expected, compat.active_fixes()
+assert ckpt.CheckpointLoader._schemes == before
+assert ckpt.CheckpointLoader._schemes[''] is ckpt.load_from_local
+assert (package_utils.is_installed,
+        package_utils.get_installed_path) == helpers
+assert 'beit_plugin' not in MODELS.children
+print('OK')
+"""
+
+
+@pytest.mark.slow
+def test_nothing_changes_where_no_fault(tmp_path: Path) -> None:
+    """With MMEngine reported newer than the versions with the faults,
+    importing the plugin changes nothing of MMEngine's."""
+    result = run_python(NO_FAULT, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith('OK')
+
+
+def test_scope_prefix_fault_and_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry nested below MMPretrain's is not found by its scope
+    prefix from MMEngine's root until it is the root's child."""
+    from mmengine.registry import MODELS as ROOT_MODELS
+    from mmengine.registry import Registry
+    from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
+    probe = Registry('model', parent=MMPRETRAIN_MODELS, scope='compat_probe')
+    monkeypatch.delitem(MMPRETRAIN_MODELS._children, 'compat_probe')
+
+    @probe.register_module()
+    class Probe(nn.Module):
+        pass
+
+    assert ROOT_MODELS.get('compat_probe.Probe') is None  # the fault
+    monkeypatch.setitem(ROOT_MODELS._children, 'compat_probe', probe)
+    assert ROOT_MODELS.get('compat_probe.Probe') is Probe
+    from beit_plugin.registry import MODELS
+    assert ROOT_MODELS.get('beit_plugin.BEiT') is MODELS.get('BEiT')
+
+
+def test_own_package_answer_defers_to_mmengine() -> None:
+    calls = []
+
+    def original(package: str) -> str:
+        calls.append(package)
+        return f'/upstream/{package}'
+
+    wrapped = compat.answer_for_own_package(original)
+    assert wrapped('mmpretrain') == '/upstream/mmpretrain'
+    assert wrapped('beit-plugin') == str(ROOT / 'beit_plugin')
+    assert calls == ['mmpretrain']
+    assert compat.answer_for_own_package(wrapped) is wrapped
+
+
+def test_names_moved_out_of_compat_still_import() -> None:
+    from beit_plugin.engine.optimizers import BF16AmpOptimWrapper
+    assert compat.safe_torch_load is checkpoint_loading.safe_torch_load
+    assert (compat.UnsafeCheckpointError
+            is checkpoint_loading.UnsafeCheckpointError)
+    assert compat.BF16AmpOptimWrapper is BF16AmpOptimWrapper
+    assert compat.configure_cpu_distributed is configure_cpu_distributed
+    with pytest.raises(AttributeError):
+        compat.no_such_name
 
 
 # ---------------------------------------------------------------------------
@@ -213,18 +366,18 @@ def test_resume_continues_where_it_stopped(trained: Path,
         resume=True,
         custom_hooks=[record])
     runner.train()
-    saved = compat.safe_torch_load(trained / 'iter_2.pth', 'cpu')
+    saved = safe_torch_load(trained / 'iter_2.pth', 'cpu')
     assert record.iter == 2
     torch.testing.assert_close(record.optimizer['state'],
                                saved['optimizer']['state'])
-    uninterrupted = compat.safe_torch_load(trained / 'iter_4.pth', 'cpu')
+    uninterrupted = safe_torch_load(trained / 'iter_4.pth', 'cpu')
     torch.testing.assert_close(runner.model.state_dict(),
                                uninterrupted['state_dict'])
 
 
 def test_load_from_and_pretrained_init(trained: Path, tmp_path: Path) -> None:
     ckpt = str(trained / 'iter_4.pth')
-    expected = compat.safe_torch_load(ckpt, 'cpu')['state_dict']
+    expected = safe_torch_load(ckpt, 'cpu')['state_dict']
     runner = make_runner(tmp_path, load_from=ckpt)
     runner.load_or_resume()
     torch.testing.assert_close(runner.model.state_dict(), expected)
@@ -250,7 +403,7 @@ def test_code_running_checkpoint_is_refused(
         evil)
     # even when the environment asks torch not to load weights only
     monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
-    with pytest.raises(compat.UnsafeCheckpointError) as err:
+    with pytest.raises(UnsafeCheckpointError) as err:
         load_checkpoint(ToyModel(), str(evil), map_location='cpu')
     assert str(evil) in str(err.value)
     assert 'weights_only=True' in str(err.value)
@@ -262,13 +415,13 @@ def test_code_running_checkpoint_is_refused(
 def test_only_history_buffer_statistics_getattr(tmp_path: Path) -> None:
     sneaky = tmp_path / 'sneaky.pth'
     torch.save(dict(meta=ReachesAttribute()), sneaky)
-    with pytest.raises(compat.UnsafeCheckpointError, match='getattr'):
-        compat.safe_torch_load(sneaky)
+    with pytest.raises(UnsafeCheckpointError, match='getattr'):
+        safe_torch_load(sneaky)
 
 
 def test_safe_load_leaves_torch_allowlist_as_found(trained: Path) -> None:
     with torch.serialization.safe_globals([np.ndarray]):  # a user's own
-        compat.safe_torch_load(trained / 'iter_2.pth')
+        safe_torch_load(trained / 'iter_2.pth')
         allowed = torch.serialization.get_safe_globals()
         assert np.ndarray in allowed and HistoryBuffer not in allowed
 
@@ -325,19 +478,24 @@ def test_accuracy_and_iou_metrics_on_numpy_2() -> None:
 # 5. distributed on CPU
 # ---------------------------------------------------------------------------
 
+# the plugin leaves MMEngine's init_dist as it is: the fault stays
 INIT_DIST = """
+import beit_plugin
 from mmengine.dist import init_dist
 init_dist('pytorch', backend='gloo')
 """
 
 INIT_DIST_ALL_LAUNCHERS = """
 import os
-import beit_plugin
 import torch
-from mmengine.dist import init_dist
+from mmengine.config import Config
+from beit_plugin.distributed import init_distributed
 import torch.distributed as dist
 for launcher in ('pytorch', 'mpi', 'slurm'):
-    init_dist(launcher, backend='gloo')
+    cfg = Config(dict(launcher=launcher,
+                      env_cfg=dict(dist_cfg=dict(backend='gloo'))))
+    assert init_distributed(cfg)
+    assert not init_distributed(cfg)  # already initialised
     assert dist.get_world_size() == 1 and dist.get_backend() == 'gloo'
     if launcher == 'pytorch':  # why tools set device_ids=None on CPU
         try:
@@ -364,7 +522,7 @@ def single_process_dist_env() -> Dict[str, str]:
 
 
 @needs_no_cuda
-def test_init_dist_fails_on_cpu_without_plugin(tmp_path: Path) -> None:
+def test_init_dist_fails_on_cpu_without_the_tools(tmp_path: Path) -> None:
     result = run_python(INIT_DIST, tmp_path, **single_process_dist_env())
     assert result.returncode != 0
     assert 'NVIDIA driver' in result.stderr
@@ -372,7 +530,7 @@ def test_init_dist_fails_on_cpu_without_plugin(tmp_path: Path) -> None:
 
 @needs_no_cuda
 @pytest.mark.slow
-def test_init_dist_on_cpu_with_plugin(tmp_path: Path) -> None:
+def test_init_dist_on_cpu_as_the_tools_do(tmp_path: Path) -> None:
     result = run_python(INIT_DIST_ALL_LAUNCHERS, tmp_path,
                         **single_process_dist_env())
     assert result.returncode == 0, result.stderr
@@ -466,6 +624,47 @@ def test_train_cli_adapts_to_cpu(train_tool: types.ModuleType,
     assert cfg.model_wrapper_cfg.device_ids is None
 
 
+@needs_no_cuda
+def test_cpu_distributed_turns_sync_bn_into_bn() -> None:
+    norm = dict(type='SyncBN', requires_grad=True)
+    cfg = Config(dict(
+        launcher='pytorch', sync_bn='torch',
+        model=dict(type='X', head=dict(norm_cfg=norm),
+                   necks=[dict(norm_cfg=dict(norm)), dict(type='Y')])))
+    configure_cpu_distributed(cfg)
+    assert cfg.model.head.norm_cfg == dict(type='BN', requires_grad=True)
+    assert cfg.model.necks[0].norm_cfg.type == 'BN'
+    assert 'sync_bn' not in cfg
+    untouched = Config(dict(launcher='none', sync_bn='torch',
+                            model=dict(norm_cfg=dict(norm))))
+    configure_cpu_distributed(untouched)  # not distributed: as it was
+    assert untouched.model.norm_cfg.type == 'SyncBN'
+    assert untouched.sync_bn == 'torch'
+
+
+def test_missing_checkpoint_hint(train_tool: types.ModuleType,
+                                 monkeypatch: pytest.MonkeyPatch,
+                                 tmp_path: Path) -> None:
+    """The backbone names the missing file; tools/train.py adds the
+    command that writes it (this repository's configs/)."""
+    monkeypatch.chdir(ROOT)
+    path = 'work_dirs/beit_pretrain/no_such_iter.pth'
+    error = FileNotFoundError(f'init_cfg checkpoint {path} does not exist')
+    error.checkpoint = path
+    hinted = train_tool.with_checkpoint_hint(error)
+    assert str(hinted) == (
+        f'init_cfg checkpoint {path} does not exist: it is written by '
+        '`python tools/train.py configs/beit_pretrain.py`')
+    monkeypatch.chdir(tmp_path)  # elsewhere: the paths in full
+    assert f'python {ROOT}/tools/train.py {ROOT}/configs/beit_pretrain.py' \
+        in str(train_tool.with_checkpoint_hint(error))
+    other = FileNotFoundError('x.pth does not exist')
+    other.checkpoint = str(tmp_path / 'x.pth')
+    assert train_tool.with_checkpoint_hint(other) is other
+    assert train_tool.with_checkpoint_hint(FileNotFoundError('y')).args == (
+        'y', )
+
+
 @pytest.mark.parametrize('hook, expected', [
     ("dict(type='VisualizationHook', enable=False)",
      dict(enable=True, out_dir='vis')),
@@ -506,6 +705,7 @@ def test_train_and_test_tools_end_to_end(
     assert (work_dir / 'iter_4.pth').is_file()
     if not CUDA:
         assert 'bfloat16 autocast' in result.stdout + result.stderr
+    assert 'beit_plugin upstream fixes active: ' in result.stdout
 
     test_tool = load_tool('test')
     out = tmp_path / 'preds.pkl'
@@ -519,7 +719,7 @@ def test_train_and_test_tools_end_to_end(
         predictions = pickle.load(f)
     assert len(predictions) == len(ToyDataset())
     # the metric of the trained weights, computed here by hand
-    weights = compat.safe_torch_load(work_dir / 'iter_4.pth')['state_dict']
+    weights = safe_torch_load(work_dir / 'iter_4.pth')['state_dict']
     model = ToyModel()
     model.load_state_dict(weights)
     dataset = ToyDataset()
@@ -530,23 +730,38 @@ def test_train_and_test_tools_end_to_end(
 
 
 # ---------------------------------------------------------------------------
-# 7. ``_scope_`` in an inherited collate_fn
+# ``_scope_`` in an inherited collate_fn
 # ---------------------------------------------------------------------------
+
+INHERITS = (
+    "_base_ = 'mmpretrain::_base_/datasets/imagenet_bs256_beitv2.py'\n"
+    "train_dataloader = dict(batch_size=2, num_workers=0,\n"
+    "    persistent_workers=False,{collate}\n"
+    "    dataset=dict(_delete_=True, type='compat_toys.ToyDataset'))\n")
 
 
 def test_inherited_collate_fn_builds(tmp_path: Path) -> None:
     """A dataloader from an ``mmpretrain::`` base carries
-    ``collate_fn=dict(type='default_collate', _scope_='mmpretrain')``."""
-    config = tmp_path / 'inherits.py'
-    config.write_text(
-        "_base_ = 'mmpretrain::_base_/datasets/imagenet_bs256_beitv2.py'\n"
-        "train_dataloader = dict(batch_size=2, num_workers=0,\n"
-        "    persistent_workers=False,\n"
-        "    dataset=dict(_delete_=True, type='compat_toys.ToyDataset'))\n")
-    cfg = Config.fromfile(config)
+    ``collate_fn=dict(type='default_collate', _scope_='mmpretrain')``:
+    MMEngine's Runner fails on it (the plugin leaves it so); with
+    ``type='beit_plugin.default_collate'`` it builds."""
+    upstream, ours = tmp_path / 'upstream.py', tmp_path / 'ours.py'
+    upstream.write_text(INHERITS.format(collate=''))
+    ours.write_text(INHERITS.format(
+        collate="\n    collate_fn=dict(type='beit_plugin.default_collate'),"))
+    cfg = Config.fromfile(upstream)
     assert cfg.train_dataloader.collate_fn['_scope_'] == 'mmpretrain'
-    original = Runner.build_dataloader.__wrapped__
     with pytest.raises(TypeError, match='_scope_'):
-        next(iter(original(copy.deepcopy(cfg.train_dataloader))))
+        next(iter(Runner.build_dataloader(copy.deepcopy(
+            cfg.train_dataloader))))
+    cfg = Config.fromfile(ours)
+    assert cfg.train_dataloader.collate_fn == dict(
+        type='beit_plugin.default_collate', _scope_='mmpretrain')
     batch = next(iter(Runner.build_dataloader(cfg.train_dataloader)))
     assert batch['inputs'].shape == (2, 4)
+
+
+def test_shipped_configs_name_the_tolerant_collate() -> None:
+    cfg = Config.fromfile(ROOT / 'configs' / 'beit_pretrain.py')
+    assert cfg.train_dataloader.collate_fn.type == \
+        'beit_plugin.default_collate'

@@ -1,4 +1,5 @@
-"""compat fix 6: configs inherit `mmpretrain::` bases without pkg_resources."""
+"""compat fix package_helpers_without_pkg_resources: configs inherit
+`mmpretrain::` bases without pkg_resources (setuptools >= 81)."""
 import subprocess
 import sys
 import textwrap

@@ -25,8 +25,8 @@ from mmengine.optim.optimizer import amp_optimizer_wrapper
 from mmengine.registry import DefaultScope
 from mmengine.runner.checkpoint import load_checkpoint
 
-from beit_plugin import compat
-from beit_plugin.compat import NotACheckpointError, safe_torch_load
+from beit_plugin import checkpoint_loading
+from beit_plugin.checkpoint_loading import NotACheckpointError, safe_torch_load
 from compat_toys import ToyDataset, ToyModel
 from helpers import TESTS, make_runner, mmengine_log
 
@@ -439,7 +439,7 @@ def test_a_file_torch_save_did_not_write_is_named(tmp_path: Path,
                        match=f"'{path}' is not a checkpoint: it begins "
                        'with') as err:
         load_checkpoint(ToyModel(), str(path))
-    assert not isinstance(err.value, compat.UnsafeCheckpointError)
+    assert not isinstance(err.value, checkpoint_loading.UnsafeCheckpointError)
     model = ToyModel()
     model.init_cfg = dict(type='Pretrained', checkpoint=str(path))
     with pytest.raises(NotACheckpointError, match='is not a checkpoint'):

@@ -1,6 +1,6 @@
 """ADE20K semantic segmentation with UperNet: configs/seg/, DemoADE20K,
 checkpoint transfer from pretraining, sliding-window inference, the tools and
-the SyncBN fix for distributed training on the CPU (beit_plugin.compat 8).
+SyncBN as BN for distributed training on the CPU (beit_plugin.distributed).
 
 Everything runs on tiny models and tiny generated data sets.
 """
@@ -292,7 +292,7 @@ def test_train_one_iteration_then_test_with_show_dir(
 
 
 # ---------------------------------------------------------------------------
-# 8. SyncBN under distributed training on the CPU
+# SyncBN under distributed training on the CPU
 # ---------------------------------------------------------------------------
 
 
@@ -319,22 +319,30 @@ def sync_bn_model() -> nn.Module:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='a CPU-only fix')
-@pytest.mark.parametrize('sync_bn', [None, 'torch'])
-def test_sync_bn_is_reverted_for_cpu_ddp(gloo_group, sync_bn,
-                                         monkeypatch: pytest.MonkeyPatch):
+def test_sync_bn_becomes_bn_for_cpu_ddp(gloo_group,
+                                        monkeypatch: pytest.MonkeyPatch):
+    """MMEngine's Runner refuses a SyncBN model under CPU DDP; the tools'
+    configure_cpu_distributed makes the config's SyncBN BN, which wraps."""
+    from mmcv.cnn import build_norm_layer
+
+    from beit_plugin.distributed import configure_cpu_distributed
     monkeypatch.setenv('LOCAL_RANK', '0')
     runner = types.SimpleNamespace(
-        distributed=True,
-        cfg=Config(dict(sync_bn=sync_bn) if sync_bn else dict()),
-        logger=MMLogger.get_instance(f'test_sync_bn_{sync_bn}'))
+        distributed=True, cfg=Config(dict()),
+        logger=MMLogger.get_instance('test_sync_bn_cpu_ddp'))
     # what configure_cpu_distributed makes of the wrapper config
     wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None)
-
     with pytest.raises(ValueError, match='SyncBatchNorm layers only work'):
-        Runner.wrap_model.__wrapped__(runner, dict(wrapper_cfg),
-                                      sync_bn_model())
+        Runner.wrap_model(runner, dict(wrapper_cfg), sync_bn_model())
 
-    wrapped = Runner.wrap_model(runner, dict(wrapper_cfg), sync_bn_model())
+    cfg = Config(dict(launcher='pytorch', sync_bn='torch', model=dict(
+        norm_cfg=dict(type='SyncBN', requires_grad=True))))
+    configure_cpu_distributed(cfg)
+    assert 'sync_bn' not in cfg
+    model = nn.Sequential(nn.Conv2d(3, 4, 1),
+                          build_norm_layer(cfg.model.norm_cfg, 4)[1])
+    model.load_state_dict(sync_bn_model().state_dict())  # same keys
+    wrapped = Runner.wrap_model(runner, dict(cfg.model_wrapper_cfg), model)
     assert isinstance(wrapped, nn.parallel.DistributedDataParallel)
     norm = wrapped.module[1]
     assert isinstance(norm, nn.modules.batchnorm._BatchNorm)

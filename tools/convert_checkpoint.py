@@ -33,8 +33,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from beit_plugin.compat import (TruncatedCheckpointError,
-                                UnsafeCheckpointError)
+from beit_plugin.checkpoint_loading import (TruncatedCheckpointError,
+                                            UnsafeCheckpointError)
 from beit_plugin.convert import (SOURCES, StateDict, backbone_only,
                                  beit_target, convert_state_dict,
                                  dalle_target, read_weights,

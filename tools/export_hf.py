@@ -18,7 +18,7 @@ Example::
 import argparse
 from typing import Optional, Sequence
 
-from beit_plugin.compat import UnsafeCheckpointError
+from beit_plugin.checkpoint_loading import UnsafeCheckpointError
 from beit_plugin.convert import (backbone_kwargs, backbone_only, export_hf,
                                  read_weights, unwrap, validate_state_dict)
 from beit_plugin.models.backbones import BEiT

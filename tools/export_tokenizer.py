@@ -18,7 +18,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from beit_plugin.compat import safe_torch_load
+from beit_plugin.checkpoint_loading import safe_torch_load
 
 DECODER_PREFIXES = ('decoder.', 'decode_task_layer.')
 

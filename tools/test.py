@@ -6,8 +6,9 @@ Examples::
     bash tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCESSES [ARGS]
 
 ``import beit_plugin`` comes before the runner is built, so that the fixes of
-:mod:`beit_plugin.compat` apply (the checkpoint is loaded with
-``weights_only=True``) and the plugin's components are registered.
+:mod:`beit_plugin.compat` this environment needs apply (the checkpoint is
+loaded with ``weights_only=True``; the run's log says which fixes are active)
+and the plugin's components are registered.
 """
 import argparse
 import os
@@ -20,7 +21,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 # importing beit_plugin applies beit_plugin.compat and registers the plugin
-from beit_plugin.compat import configure_cpu_distributed
+from beit_plugin.compat import log_active_fixes
+from beit_plugin.distributed import configure_cpu_distributed, init_distributed
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -59,10 +61,11 @@ def enable_visualization(cfg: Config, show_dir: str) -> None:
     Handles MMSegmentation's ``SegVisualizationHook`` (``draw``, images saved
     under the visualizer's ``save_dir``, as ``<show_dir>/vis_data/vis_image/
     test_<image>_0.png``) and MMPretrain's ``VisualizationHook`` (``enable``,
-    ``out_dir``). ``SegVisualizationHook`` draws only every ``interval``-th
-    batch (50 in MMSegmentation's runtime base); it is set to 1 so that every
-    prediction is saved (``--cfg-options default_hooks.visualization.
-    interval=N`` after it still wins).
+    ``out_dir``, as ``<show_dir>/<image>_0.png``). Both draw only every
+    ``interval``-th batch (``SegVisualizationHook``: 50 in MMSegmentation's
+    runtime base) or image (``VisualizationHook``: 5000 by default); it is
+    set to 1 so that every prediction is saved (``--cfg-options
+    default_hooks.visualization.interval=N`` after it still wins).
     """
     hook: Optional[Dict] = cfg.default_hooks.get('visualization')
     if hook is None:
@@ -79,6 +82,7 @@ def enable_visualization(cfg: Config, show_dir: str) -> None:
         cfg.visualizer.pop('name', None)
     else:
         hook['enable'] = True
+        hook['interval'] = 1
         hook['out_dir'] = show_dir
 
 
@@ -105,10 +109,16 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def build_runner(cfg: Config) -> Runner:
-    """``Runner.from_cfg``, or the config's ``runner_type`` if it has one."""
+    """``Runner.from_cfg``, or the config's ``runner_type`` if it has one
+    (after :func:`~beit_plugin.distributed.init_distributed`); logs the
+    active fixes of :mod:`beit_plugin.compat`."""
+    init_distributed(cfg)
     if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    log_active_fixes()
+    return runner
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:

@@ -6,16 +6,20 @@ Examples::
     bash tools/dist_train.sh CONFIG NUM_PROCESSES [ARGS]
 
 ``import beit_plugin`` comes before the runner is built, so that the fixes of
-:mod:`beit_plugin.compat` apply and the plugin's components are registered.
-Without CUDA, ``--amp`` trains with bfloat16 autocast
-(``beit_plugin.BF16AmpOptimWrapper``) and distributed launches use ``gloo``
-with CPU DDP (:func:`beit_plugin.compat.configure_cpu_distributed`).
+:mod:`beit_plugin.compat` this environment needs apply (the run's log says
+which) and the plugin's components are registered. Without CUDA, ``--amp``
+trains with bfloat16 autocast (``beit_plugin.BF16AmpOptimWrapper``) and
+distributed launches use ``gloo`` with CPU DDP
+(:mod:`beit_plugin.distributed`). A ``Pretrained`` checkpoint under
+``work_dirs/<name>/`` that does not exist is reported with the command that
+writes it, where ``configs/`` beside this tool has ``<name>.py``.
 """
 import argparse
 import logging
 import os
 import os.path as osp
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -25,7 +29,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 # importing beit_plugin applies beit_plugin.compat and registers the plugin
-from beit_plugin.compat import configure_cpu_distributed
+from beit_plugin.compat import log_active_fixes
+from beit_plugin.distributed import configure_cpu_distributed, init_distributed
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -139,10 +144,53 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def build_runner(cfg: Config) -> Runner:
-    """``Runner.from_cfg``, or the config's ``runner_type`` if it has one."""
+    """``Runner.from_cfg``, or the config's ``runner_type`` if it has one
+    (after :func:`~beit_plugin.distributed.init_distributed`); logs the
+    active fixes of :mod:`beit_plugin.compat`."""
+    init_distributed(cfg)
     if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    log_active_fixes()
+    return runner
+
+
+def command_that_writes(path: str) -> Optional[str]:
+    """``python tools/train.py configs/.../<name>.py`` for a checkpoint
+    ``.../work_dirs/<name>/...``, when ``configs/`` beside this tool (a
+    checkout's, or the installed package's ``.mim``) has ``<name>.py``;
+    paths relative to the working directory when they are below it."""
+    parts = Path(path).parts
+    if 'work_dirs' not in parts[:-1]:
+        return None
+    name = parts[parts.index('work_dirs') + 1]
+    root = Path(__file__).resolve().parents[1]
+    configs = sorted((root / 'configs').rglob(f'{name}.py'))
+    if not configs:
+        return None
+
+    def shown(file: Path) -> str:
+        try:
+            return file.relative_to(Path.cwd().resolve()).as_posix()
+        except ValueError:
+            return file.as_posix()
+
+    return (f'python {shown(root / "tools" / "train.py")} '
+            f'{shown(configs[0])}')
+
+
+def with_checkpoint_hint(error: FileNotFoundError) -> FileNotFoundError:
+    """``error`` (a missing checkpoint, its path as ``checkpoint``, as the
+    BEiT backbone raises it) with the command that writes the checkpoint
+    added, where there is one."""
+    path = getattr(error, 'checkpoint', None)
+    command = command_that_writes(path) if isinstance(path, str) else None
+    if command is None:
+        return error
+    hinted = FileNotFoundError(f'{error}: it is written by `{command}`')
+    hinted.checkpoint = path
+    return hinted
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -150,6 +198,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     cfg = build_config(parse_args(argv))
     try:
         build_runner(cfg).train()
+    except FileNotFoundError as error:
+        hinted = with_checkpoint_hint(error)
+        if hinted is error:
+            raise
+        raise hinted from error
     finally:
         # each rank leaves the process group before its interpreter exits,
         # rather than with gloo's threads still running at shutdown

@@ -4,7 +4,8 @@ from typing import Dict, Union
 
 from safetensors.torch import load_file
 
-from beit_plugin.compat import UnsafeCheckpointError, safe_torch_load
+from beit_plugin.checkpoint_loading import (UnsafeCheckpointError,
+                                            safe_torch_load)
 
 # the weight files of a transformers model directory, in order of preference
 HF_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
@@ -14,8 +15,9 @@ def read_weights(path: Union[str, Path]) -> Dict:
     """The content of a checkpoint: a ``.safetensors`` file (read with
     safetensors), any other file (``.pth`` / ``.pt`` / ``.bin``, with
     ``torch.load(weights_only=True)`` and the data-only allowlist of
-    :func:`beit_plugin.compat.safe_torch_load`), or a transformers model
-    directory (its ``model.safetensors``, else ``pytorch_model.bin``).
+    :func:`beit_plugin.checkpoint_loading.safe_torch_load`), or a
+    transformers model directory (its ``model.safetensors``, else
+    ``pytorch_model.bin``).
 
     Raises:
         FileNotFoundError: no such file, or a directory without weights.

@@ -65,7 +65,11 @@ train_pipeline = [
          min_num_patches=16, max_num_patches=None),
     dict(type='PackInputs'),
 ]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+# the base's collate_fn carries _scope_='mmpretrain', which MMEngine's
+# Runner.build_dataloader would pass to default_collate; ours drops it
+train_dataloader = dict(
+    collate_fn=dict(type='beit_plugin.default_collate'),
+    dataset=dict(pipeline=train_pipeline))
 
 # No weight decay where the official code has none (run_beit*_pretraining.py:
 # create_optimizer of optim_factory.py, skip list = the pretraining model's

@@ -167,7 +167,7 @@ class BEiTPretrainer(BaseSelfSupervisor):
             ValueError: names both grids and what to do.
         """
         p = self.backbone.patch_size
-        grid = (images.shape[2] // p, images.shape[3] // p)
+        grid = self.backbone.patch_grid_of(images)
         step = getattr(self.target_generator, 'downsample', None) or \
             getattr(self.target_generator, 'patch_size', None)
         token_grid = None if step is None else (
@@ -219,11 +219,7 @@ class BEiTPretrainer(BaseSelfSupervisor):
         self._check_targets(target, images, target_images)
         feats = self.backbone(images, mask)
         if self.with_neck:
-            p = self.backbone.patch_size
-            grid = (images.shape[2] // p, images.shape[3] // p)
-            bias = self.backbone.rel_pos_bias(grid) \
-                if self.backbone.rel_pos_bias is not None else None
-            feats = self.neck(feats, grid, bias)
+            feats = self.neck(feats, *self.backbone.neck_inputs(images))
         else:
             feats = feats[-1][:, 1:]
         return self.head.loss(feats, target, mask.flatten(1))

@@ -2,7 +2,6 @@
 import math
 import os.path as osp
 import re
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -62,28 +61,22 @@ class PatchEmbed(nn.Module):
 
 
 def check_pretrained_exists(init_cfg: Union[Dict, List[Dict]]) -> None:
-    """Fail early, with the command that makes it, when a ``Pretrained``
-    ``init_cfg`` names a local file that does not exist.
+    """Fail early, in one line, when a ``Pretrained`` ``init_cfg`` names a
+    local file that does not exist.
 
     Raises:
-        FileNotFoundError: naming the file; for ``work_dirs/<name>/...`` also
-            ``python tools/train.py configs/.../<name>.py`` when that config
-            exists under ``./configs``.
+        FileNotFoundError: naming the file, which is also its
+            ``checkpoint`` attribute (``tools/train.py`` adds the command
+            that writes a ``work_dirs/<name>/...`` checkpoint).
     """
     for cfg in init_cfg if isinstance(init_cfg, list) else [init_cfg]:
         path = cfg.get('checkpoint') if cfg.get('type') == 'Pretrained' \
             else None
         if not isinstance(path, str) or '://' in path or osp.exists(path):
             continue
-        message = f'init_cfg checkpoint {path} does not exist'
-        parts = Path(path).parts
-        if 'work_dirs' in parts[:-1]:
-            name = parts[parts.index('work_dirs') + 1]
-            configs = sorted(Path('configs').rglob(f'{name}.py'))
-            if configs:
-                message += (f': it is written by `python tools/train.py '
-                            f'{configs[0].as_posix()}`')
-        raise FileNotFoundError(message)
+        error = FileNotFoundError(f'init_cfg checkpoint {path} does not exist')
+        error.checkpoint = path
+        raise error
 
 
 @MODELS.register_module()
@@ -299,8 +292,7 @@ class BEiT(BaseBackbone):
 
         Raises:
             FileNotFoundError: a ``Pretrained`` local checkpoint is missing;
-                the message names the file and, for ``work_dirs/<name>/...``,
-                the command that writes it.
+                the message names the file.
         """
         if self.init_cfg:
             check_pretrained_exists(self.init_cfg)
@@ -382,6 +374,28 @@ class BEiT(BaseBackbone):
             x = x + resize_pos_embed(self.pos_embed, grid, self.patch_grid)
         return self.pos_drop(x), grid
 
+    def patch_grid_of(self, images: torch.Tensor) -> Tuple[int, int]:
+        """The patch grid ``(H, W)`` that :meth:`forward` makes of
+        ``images`` ``(B, C_in, H_img, W_img)``."""
+        return (images.shape[-2] // self.patch_size,
+                images.shape[-1] // self.patch_size)
+
+    def shared_bias(self, grid: Tuple[int, int]) -> Optional[torch.Tensor]:
+        """The shared relative position bias every block adds on ``grid``
+        (the table resized to it), or None without one
+        (``use_shared_rel_pos_bias=False``)."""
+        return self.rel_pos_bias(grid) if self.rel_pos_bias is not None \
+            else None
+
+    def neck_inputs(self, images: torch.Tensor
+                    ) -> Tuple[Tuple[int, int], Optional[torch.Tensor]]:
+        """What a neck that continues this backbone's blocks (BEiT v2's
+        patch aggregation) needs besides :meth:`forward`'s outputs for
+        ``images``: their patch grid and the shared relative position bias
+        on it (:meth:`patch_grid_of`, :meth:`shared_bias`)."""
+        grid = self.patch_grid_of(images)
+        return grid, self.shared_bias(grid)
+
     def forward(self,
                 x: torch.Tensor,
                 mask: Optional[torch.Tensor] = None
@@ -436,8 +450,7 @@ class BEiT(BaseBackbone):
         attention weights of the ``chosen`` blocks (explicit softmax there,
         fused attention elsewhere)."""
         x, grid = self.embed(x, mask)
-        shared_bias = self.rel_pos_bias(grid) \
-            if self.rel_pos_bias is not None else None
+        shared_bias = self.shared_bias(grid)
         outs, maps = [], {}
         for i, block in enumerate(self.blocks):
             if i in chosen:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beit_plugin.compat import safe_torch_load
+from beit_plugin.checkpoint_loading import safe_torch_load
 from beit_plugin.registry import MODELS
 from .quantizer import l2norm
 

@@ -10,7 +10,8 @@
 #
 # SyncBN (decode heads, 4x branch of the feature pyramid): the full recipes
 # train on 8 GPUs. Without distribution MMEngine's Runner reverts it to BN;
-# under a distributed launch without CUDA beit_plugin.compat (fix 8) does.
+# under a distributed launch without CUDA our tools make it BN
+# (beit_plugin.distributed.configure_cpu_distributed).
 _base_ = [
     'mmseg::_base_/models/upernet_beit.py',
     'mmseg::_base_/default_runtime.py',
