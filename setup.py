@@ -50,9 +50,13 @@ setup(
         # mmsegmentation 1.2.2 refuses mmcv >= 2.2
         'lite': ['mmcv-lite>=2.0.0,<2.2.0'],
         'full': ['mmcv>=2.0.0,<2.2.0'],
+        # TensorboardVisBackend (vis_backends in a config): MMEngine writes
+        # through torch.utils.tensorboard, which needs this package
+        'tensorboard': ['tensorboard'],
         # independent implementations our parity tests compare against
-        # plus the linter `make lint` and CI run (rules in ruff.toml)
+        # plus the linter `make lint` and CI run (rules in ruff.toml), and
+        # tensorboard, so that CI checks the TensorBoard pictures too
         'tests': ['pytest', 'timm>=1.0', 'transformers>=4.40', 'scipy',
-                  'ruff'],
+                  'ruff', 'tensorboard'],
     },
 )

@@ -60,6 +60,7 @@ from beit_plugin.engine.hooks.codebook_usage import usage_and_perplexity
 from beit_plugin.models.backbones import BEiT
 from beit_plugin.models.tokenizers.base import Tokenizer
 from beit_plugin.progress import track
+from beit_plugin.visualization import token_colours
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif',
                     '.tiff', '.webp')
@@ -210,18 +211,6 @@ def normalise(images: np.ndarray, norm: Dict) -> torch.Tensor:
     std = np.asarray(norm['std'], np.float32)
     x = (images.astype(np.float32) - mean) / std
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
-def token_colours(ids: np.ndarray) -> np.ndarray:
-    """A fixed BGR colour per id: ``ids`` ``(...)`` -> ``(..., 3)`` uint8.
-
-    The bytes of ``id * 2654435761 mod 2**24`` (an odd multiplier, so
-    distinct ids below ``2**24`` get distinct colours), whatever the
-    vocabulary size.
-    """
-    code = (ids.astype(np.int64) * 2654435761) % (1 << 24)
-    return np.stack([(code >> shift) & 255 for shift in (0, 8, 16)],
-                    axis=-1).astype(np.uint8)
 
 
 def token_map_picture(img: np.ndarray, ids: np.ndarray,

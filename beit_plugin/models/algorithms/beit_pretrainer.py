@@ -1,5 +1,5 @@
 """BEiT v1 / v2 masked image modeling: the algorithm that ties the parts."""
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmpretrain.models.selfsup.base import BaseSelfSupervisor
@@ -206,6 +206,15 @@ class BEiTPretrainer(BaseSelfSupervisor):
         Returns:
             The head's losses (``loss_mim``...) and ``acc_mim``.
         """
+        mask, target = self._mask_and_target(inputs, data_samples)
+        feats = self._patch_features(inputs[0], mask)
+        return self.head.loss(feats, target, mask.flatten(1))
+
+    def _mask_and_target(self, inputs: List[torch.Tensor],
+                         data_samples: List[DataSample]
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The ``(B, H_p, W_p)`` bool mask of ``data_samples`` and the
+        targets of view 2 (no gradient), checked against view 1's grid."""
         images, target_images = inputs[0], inputs[1]
         # (B, H_p, W_p): the backbone refuses a mask of another grid, even
         # one with as many patches
@@ -217,9 +226,47 @@ class BEiTPretrainer(BaseSelfSupervisor):
         with torch.no_grad():
             target = make_target(target_images)
         self._check_targets(target, images, target_images)
+        return mask, target
+
+    def _patch_features(self, images: torch.Tensor, mask: torch.Tensor
+                        ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        """What the head reads: patch features ``(B, N, C)`` (no CLS) of the
+        masked ``images``, or with the neck one such tensor per branch."""
         feats = self.backbone(images, mask)
         if self.with_neck:
             feats = self.neck(feats, *self.backbone.neck_inputs(images))
         else:
             feats = feats[-1][:, 1:]
-        return self.head.loss(feats, target, mask.flatten(1))
+        return feats
+
+    @torch.no_grad()
+    def predict_masked(self, inputs: List[torch.Tensor],
+                       data_samples: List[DataSample]
+                       ) -> Dict[str, torch.Tensor]:
+        """Targets and the head's predictions at every patch, without
+        gradients and in the model's current mode: what
+        :class:`~beit_plugin.engine.hooks.MIMVisualizationHook` draws.
+        It runs the forward pass of :meth:`loss` once more; training never
+        calls it.
+
+        Args:
+            inputs: ``[view1, view2]``, each ``(B, 3, H, W)``, as
+                :meth:`loss` takes them (after the data preprocessor).
+            data_samples: each with ``mask`` ``(H_p, W_p)`` bool.
+
+        Returns:
+            dict: ``mask`` ``(B, N)`` bool, True = masked; ``target``
+            ``(B, N)`` token ids (``(B, N, D)`` pixels); ``pred``, shaped
+            as ``target``: the argmax of the head's logits (the regressed
+            pixels) of the main branch, which ``acc_mim`` scores. Only the
+            masked patches are trained; the others are predicted anyway.
+        """
+        mask, target = self._mask_and_target(inputs, data_samples)
+        feats = self._patch_features(inputs[0], mask)
+        if not isinstance(feats, torch.Tensor):
+            feats = feats[0]
+        every = torch.ones(feats.shape[:2], dtype=torch.bool,
+                           device=feats.device)
+        out = self.head(feats, every).reshape(*feats.shape[:2], -1)
+        pred = out.float() if target.is_floating_point() else out.argmax(-1)
+        return dict(mask=mask.flatten(1), target=target, pred=pred)
