@@ -225,3 +225,45 @@ def test_missing_pretrained_checkpoint_names_the_file(tmp_path,
         type='Pretrained', checkpoint=str(tmp_path / 'x.pth')))
     with pytest.raises(FileNotFoundError, match=r'x\.pth does not exist$'):
         other.init_weights()
+
+
+def test_cpu_training_attention_equals_sdpa_in_output_and_gradients(
+        monkeypatch):
+    """On a CPU a bias that needs a gradient takes the explicit product
+    (Attention._explicit); it must be the fused kernel's function."""
+    import torch.nn.functional as F
+
+    from beit_plugin.models.backbones.transformer_block import Attention
+    torch.manual_seed(0)
+    attn = Attention(32, 4, window=(3, 4)).train()
+    with torch.no_grad():
+        attn.relative_position_bias_table.normal_()
+        attn.q_bias.normal_()
+    x = torch.randn(2, 13, 32, requires_grad=True)
+    shared = torch.randn(4, 13, 13, requires_grad=True)
+    fused = F.scaled_dot_product_attention
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    def run():
+        out = attn(x, (3, 4), shared)
+        grads = torch.autograd.grad(
+            (out * torch.arange(32.)).sum(),
+            [x, shared, attn.relative_position_bias_table, attn.q_bias])
+        return out, grads
+
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', counting)
+    explicit, explicit_grads = run()
+    assert calls == []  # the explicit product, not the kernel
+    # the same module through the kernel: the bias detached from the check
+    monkeypatch.setattr(
+        Attention, '_explicit',
+        lambda self, q, k, v, bias: (fused(q, k, v, attn_mask=bias), None))
+    kernel, kernel_grads = run()
+    torch.testing.assert_close(explicit, kernel, atol=1e-5, rtol=1e-5)
+    for mine, theirs in zip(explicit_grads, kernel_grads):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+    assert explicit_grads[2].abs().sum() > 0  # the table learns

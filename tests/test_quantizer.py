@@ -117,6 +117,33 @@ def test_kmeans_init_runs_once_and_survives_save_and_load(monkeypatch):
     assert torch.equal(ids, expected_ids)
 
 
+def test_training_steps_after_the_first_read_nothing_from_the_device(
+        monkeypatch):
+    """``initted`` is read (a host-device sync on a GPU) until the
+    codebook is known to hold codes, and again after loading a state
+    dict, which may hold an uninitialised codebook."""
+    reads = []
+    item = torch.Tensor.item
+
+    def counting_item(tensor):
+        reads.append(tensor.shape)
+        return item(tensor)
+
+    q = make(num_embed=8, dims=4, kmeans_init=True)
+    uninitialised = {k: v.clone() for k, v in q.state_dict().items()}
+    monkeypatch.setattr(torch.Tensor, 'item', counting_item)
+    q(torch.randn(64, 4))
+    assert len(reads) == 1  # the first step: k-means still to run?
+    q(torch.randn(64, 4))
+    q(torch.randn(64, 4))
+    assert len(reads) == 1  # later steps: no read
+    monkeypatch.setattr(torch.Tensor, 'item', item)
+    q.load_state_dict(uninitialised)
+    q(torch.randn(64, 4))
+    assert q.embedding.initted.item() == 1  # k-means ran again
+    assert torch.count_nonzero(q.embedding.weight) > 0
+
+
 def test_kmeans_init_sets_the_usage_of_the_batch():
     q = make(num_embed=4, dims=2, kmeans_init=True)
     centres = F.normalize(torch.randn(4, 2), dim=1)

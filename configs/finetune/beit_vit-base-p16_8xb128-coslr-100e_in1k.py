@@ -94,8 +94,9 @@ test_dataloader = val_dataloader
 # (without --disable_weight_decay_on_rel_pos_bias) have it. That flag is
 #   --cfg-options "optim_wrapper.paramwise_cfg.no_decay_names=[pos_embed,cls_token,blocks.*.attn.relative_position_bias_table]"
 optim_wrapper = dict(
+    # torch's fused AdamW (CPU, CUDA): one kernel per step, not one per tensor
     optimizer=dict(type='AdamW', lr=lr, weight_decay=0.05,
-                   betas=(0.9, 0.999)),
+                   betas=(0.9, 0.999), fused=True),
     # scoped: the optim_wrapper dict comes from an MMPretrain base
     constructor='beit_plugin.LayerDecayOptimWrapperConstructor',
     paramwise_cfg=dict(_delete_=True, layer_decay_rate=layer_decay_rate,

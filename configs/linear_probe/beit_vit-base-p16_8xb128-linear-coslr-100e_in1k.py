@@ -80,7 +80,8 @@ test_dataloader = val_dataloader
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=4e-3, weight_decay=1e-4))
+    # torch's fused AdamW (CPU, CUDA): one kernel per step, not one per tensor
+    optimizer=dict(type='AdamW', lr=4e-3, weight_decay=1e-4, fused=True))
 param_scheduler = [
     dict(type='CosineAnnealingLR', eta_min=0., by_epoch=True, begin=0,
          end=max_epochs, convert_to_iter_based=True),

@@ -150,8 +150,10 @@ test_evaluator = val_evaluator
 # for
 optim_wrapper = dict(
     type='OptimWrapper',
+    # torch's fused AdamW (CPU, CUDA): one kernel per step, not one per tensor
     optimizer=dict(
-        type='AdamW', lr=4e-3, betas=(0.9, 0.999), weight_decay=0.05),
+        type='AdamW', lr=4e-3, betas=(0.9, 0.999), weight_decay=0.05,
+        fused=True),
     constructor='beit_plugin.LayerDecayOptimWrapperConstructor',
     # the official segmentation recipe's weight decay (unilm beit/ and beit2/
     # semantic_segmentation/mmcv_custom/layer_decay_optimizer_constructor.py,

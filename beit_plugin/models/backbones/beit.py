@@ -419,8 +419,9 @@ class BEiT(BaseBackbone):
         """:meth:`forward`, with the blocks in ``layers`` forming their
         attention weights explicitly and returning them.
 
-        :meth:`forward` never forms the weights (its attention is
-        ``F.scaled_dot_product_attention``); this runs the same blocks, the
+        :meth:`forward` never returns the weights (its attention is
+        ``F.scaled_dot_product_attention`` but for CPU training, see
+        ``Attention._explicit``); this runs the same blocks, the
         chosen ones through :meth:`Block.forward_with_attention`, the others
         fused. For inspection (the chosen blocks never checkpointed).
 

@@ -151,8 +151,13 @@ def _spline_matrix(knots: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=32)
-def _axis_matrix(src: int, dst: int) -> torch.Tensor:
-    """``(dst, src)`` resize operator for one axis of a table (float64)."""
+def _axis_matrix(src: int, dst: int,
+                 device: torch.device = torch.device('cpu')) -> torch.Tensor:
+    """``(dst, src)`` resize operator for one axis of a table (float64),
+    built once on the host and cached per device: a model run at another
+    resolution than its tables' resizes them in every forward."""
+    if device.type != 'cpu':
+        return _axis_matrix(src, dst).to(device)
     if src == dst:
         return torch.eye(src, dtype=torch.float64)
     knots = torch.tensor(_geometric_offsets(src, dst), dtype=torch.float64)
@@ -201,8 +206,8 @@ def resize_relative_position_table(table: torch.Tensor,
     grid, extra = table[:-3], table[-3:]
     heads = table.shape[1]
     grid = grid.double().T.reshape(heads, src[0], src[1])
-    rows = _axis_matrix(src[0], dst[0]).to(table.device)
-    cols = _axis_matrix(src[1], dst[1]).to(table.device)
+    rows = _axis_matrix(src[0], dst[0], table.device)
+    cols = _axis_matrix(src[1], dst[1], table.device)
     grid = rows @ grid @ cols.T  # (heads, dst_h, dst_w)
     grid = grid.reshape(heads, -1).T.to(table.dtype)
     return torch.cat([grid, extra], dim=0)

@@ -75,6 +75,26 @@ class EMACodebook(nn.Module):
         self.register_buffer('embed_avg', torch.zeros(num_embed, embed_dims))
         self.register_buffer('initted',
                              torch.tensor([0. if kmeans_init else 1.]))
+        # host copy of ``initted == 1``, so that training steps after the
+        # first do not wait for the device to read it (it never goes back
+        # to 0 but by loading a state dict, which clears this copy)
+        self._known_initted = not kmeans_init
+
+    def is_initialised(self) -> bool:
+        """Whether the codebook holds codes (not awaiting k-means); reads
+        the device only until it first finds them."""
+        if not self._known_initted:
+            self._known_initted = bool(self.initted.item())
+        return self._known_initted
+
+    def mark_initialised(self) -> None:
+        """Record that the codebook now holds codes."""
+        self.initted.fill_(1.)
+        self._known_initted = True
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initted = False
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Code vectors of ``ids``: ``(...) -> (..., D)``."""
@@ -176,7 +196,7 @@ class NormEMAVectorQuantizer(nn.Module):
         """
         z = l2norm(z.float())
         flat = z.reshape(-1, self.embed_dims)
-        if self.training and not self.embedding.initted.item():
+        if self.training and not self.embedding.is_initialised():
             self._kmeans_init(flat.detach())
         ids = (flat @ self.embedding.weight.t()).argmax(dim=1)
         codes = self.embedding(ids)
@@ -200,7 +220,7 @@ class NormEMAVectorQuantizer(nn.Module):
         counts = counts * get_world_size()  # one rank's batch of the global
         self.embedding.weight.copy_(means)
         self.embedding.cluster_size.copy_(counts)
-        self.embedding.initted.fill_(1.)
+        self.embedding.mark_initialised()
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, ids: torch.Tensor,

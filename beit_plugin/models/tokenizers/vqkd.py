@@ -184,7 +184,7 @@ class VQKDTokenizer(Tokenizer):
     def check_initialised(self, checkpoint: str) -> None:
         """A codebook still waiting for its k-means initialisation (saved
         before the first training step) is refused."""
-        if not self.quantize.embedding.initted.item():
+        if not self.quantize.embedding.is_initialised():
             raise ValueError(
                 f'{checkpoint}: the codebook of this VQ-KD tokenizer was '
                 'never initialised (quantize.embedding.initted is 0: saved '
