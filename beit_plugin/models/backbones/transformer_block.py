@@ -18,7 +18,7 @@ class Attention(nn.Module):
     """Multi-head self-attention with q/v biases (no k bias) and an optional
     relative position bias table of its own, computed with
     ``F.scaled_dot_product_attention`` (the bias is the float mask), except
-    on a CPU when the bias needs a gradient (see :meth:`_explicit`).
+    in CPU training with a bias that learns (see :meth:`_explicit`).
 
     Args:
         dim (int): channels ``C``.
@@ -94,8 +94,8 @@ class Attention(nn.Module):
         """
         B, L, C = x.shape
         q, k, v, attn_bias = self._qkv_and_bias(x, window, shared_bias)
-        if attn_bias is not None and attn_bias.requires_grad and \
-                x.device.type == 'cpu':
+        if self.training and attn_bias is not None and \
+                attn_bias.requires_grad and x.device.type == 'cpu':
             x = self._explicit(q, k, v, attn_bias)[0]
         else:
             x = F.scaled_dot_product_attention(
@@ -112,8 +112,8 @@ class Attention(nn.Module):
         the ``(B, heads, 1+N, C/heads)`` output and the float32
         ``(B, heads, 1+N, 1+N)`` weights before attention dropout.
 
-        On a CPU this is also :meth:`forward`'s path when the bias needs a
-        gradient (training a relative position table): there
+        On a CPU this is also :meth:`forward`'s path in training when the
+        bias needs a gradient (a relative position table learns): there
         ``F.scaled_dot_product_attention`` falls back to its math kernel
         (no fused CPU kernel gives the mask a gradient), which adds a guard
         for fully masked rows; the same
