@@ -86,7 +86,9 @@ train_dataloader = dict(
         data_root='data/demo/imagenet',
         pipeline=train_pipeline))
 
-max_iters = 1500
+# under 15 minutes on a slow 2-core CPU (docs/benchmarks.md), long enough
+# for the downstream demos to gain from it (README, Results)
+max_iters = 800
 warmup_iters = 100
 optim_wrapper = dict(
     type='OptimWrapper',

@@ -35,10 +35,10 @@ reference patch is outlined in white. Tiles are the input enlarged
 Examples::
 
     python tools/visualize_attention.py configs/beit_pretrain.py \\
-        work_dirs/beit_pretrain/iter_1500.pth \\
+        work_dirs/beit_pretrain/iter_800.pth \\
         data/demo/imagenet/val/star/star_00012.JPEG --out-dir attention
     python tools/visualize_attention.py configs/seg/beit_demo_upernet.py \\
-        work_dirs/beit_pretrain/iter_1500.pth \\
+        work_dirs/beit_pretrain/iter_800.pth \\
         data/demo/ade/images/validation/ADE_val_0000000[1-4].jpg \\
         --layers 1 -1 --points 2,3 40,60px --out-dir attention
 """

@@ -6,7 +6,7 @@
 # fine-tuning:
 #
 #   python tools/train.py configs/ablations/beit_demo_pretrain_pixel.py
-#   python tools/train.py configs/finetune/beit_demo_finetune.py --work-dir work_dirs/beit_demo_finetune_pixel --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/beit_demo_pretrain_pixel/iter_1500.pth
+#   python tools/train.py configs/finetune/beit_demo_finetune.py --work-dir work_dirs/beit_demo_finetune_pixel --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/beit_demo_pretrain_pixel/iter_800.pth
 _base_ = '../beit_pretrain.py'
 
 patch_size = 8  # as the base's

@@ -3,7 +3,7 @@
 # the 8 x 8) drawn uniformly instead of in blocks. Evaluate it by fine-tuning:
 #
 #   python tools/train.py configs/ablations/beit_demo_pretrain_random-mask.py
-#   python tools/train.py configs/finetune/beit_demo_finetune.py --work-dir work_dirs/beit_demo_finetune_random-mask --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/beit_demo_pretrain_random-mask/iter_1500.pth
+#   python tools/train.py configs/finetune/beit_demo_finetune.py --work-dir work_dirs/beit_demo_finetune_random-mask --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/beit_demo_pretrain_random-mask/iter_800.pth
 _base_ = '../beit_pretrain.py'
 
 # the base's pipeline with the mask generator's mode changed (64 px images,

@@ -5,7 +5,7 @@
 #   python tools/train.py configs/finetune/beit_demo_finetune.py
 #   python tools/test.py configs/finetune/beit_demo_finetune.py work_dirs/beit_demo_finetune/iter_600.pth
 #
-# It starts from work_dirs/beit_pretrain/iter_1500.pth, which
+# It starts from work_dirs/beit_pretrain/iter_800.pth, which
 # `python tools/train.py configs/beit_pretrain.py` writes. The same recipe
 # from scratch, for comparison:
 #
@@ -23,7 +23,7 @@
 # crop (scale 0.35-1, so that the one shape in the image mostly stays in).
 _base_ = './beitv2_vit-base-p16_8xb128-coslr-100e_in1k.py'
 
-pretrained = 'work_dirs/beit_pretrain/iter_1500.pth'
+pretrained = 'work_dirs/beit_pretrain/iter_800.pth'
 demo_arch = dict(embed_dims=192, num_layers=6, num_heads=6,
             feedforward_channels=768)
 num_classes = 8

@@ -5,7 +5,7 @@
 #   python tools/train.py configs/linear_probe/beit_demo_linear.py
 #   python tools/test.py configs/linear_probe/beit_demo_linear.py work_dirs/beit_demo_linear/iter_250.pth
 #
-# It probes work_dirs/beit_pretrain/iter_1500.pth, which
+# It probes work_dirs/beit_pretrain/iter_800.pth, which
 # `python tools/train.py configs/beit_pretrain.py` writes. The same probe of
 # a randomly initialised backbone, the baseline it should beat:
 #
@@ -29,7 +29,7 @@
 # split and on a larger held-out set.
 _base_ = './beitv2_vit-base-p16_8xb128-linear-coslr-100e_in1k.py'
 
-pretrained = 'work_dirs/beit_pretrain/iter_1500.pth'
+pretrained = 'work_dirs/beit_pretrain/iter_800.pth'
 demo_arch = dict(embed_dims=192, num_layers=6, num_heads=6,
                  feedforward_channels=768)
 num_classes = 8

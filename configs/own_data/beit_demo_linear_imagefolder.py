@@ -26,8 +26,8 @@ data_root = 'data/my_imagefolder'
 num_classes = 8  # the number of class folders (the demo set's: 8)
 
 # from configs/own_data/beit_demo_pretrain_images.py (the demo's:
-# work_dirs/beit_pretrain/iter_1500.pth; none: model.backbone.init_cfg=None)
-pretrained = 'work_dirs/beit_demo_pretrain_images/iter_1500.pth'
+# work_dirs/beit_pretrain/iter_800.pth; none: model.backbone.init_cfg=None)
+pretrained = 'work_dirs/beit_demo_pretrain_images/iter_800.pth'
 
 data_preprocessor = dict(num_classes=num_classes)
 model = dict(

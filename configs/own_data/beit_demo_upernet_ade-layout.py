@@ -32,8 +32,8 @@ classes = ('background', 'bar', 'circle', 'crescent', 'cross', 'ring',
 num_classes = len(classes)
 
 # from configs/own_data/beit_demo_pretrain_images.py (the demo's:
-# work_dirs/beit_pretrain/iter_1500.pth; none: model.backbone.init_cfg=None)
-pretrained = 'work_dirs/beit_demo_pretrain_images/iter_1500.pth'
+# work_dirs/beit_pretrain/iter_800.pth; none: model.backbone.init_cfg=None)
+pretrained = 'work_dirs/beit_demo_pretrain_images/iter_800.pth'
 
 model = dict(
     backbone=dict(init_cfg=dict(checkpoint=pretrained)),
