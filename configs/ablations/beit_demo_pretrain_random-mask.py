@@ -1,13 +1,12 @@
 # BEiT ablation "blockwise vs random masking", demo size: the embedded default
-# (configs/beit_pretrain.py) with the same number of masked patches (26 of
-# the 8 x 8) drawn uniformly instead of in blocks. Evaluate it by fine-tuning:
+# (configs/beit_pretrain.py) with the same number of masked patches drawn
+# uniformly instead of in blocks. Evaluate it by fine-tuning:
 #
 #   python tools/train.py configs/ablations/beit_demo_pretrain_random-mask.py
 #   python tools/train.py configs/finetune/beit_demo_finetune.py --work-dir work_dirs/beit_demo_finetune_random-mask --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/beit_demo_pretrain_random-mask/iter_800.pth
 _base_ = '../beit_pretrain.py'
 
-# the base's pipeline with the mask generator's mode changed (64 px images,
-# an 8 x 8 patch grid)
+# the base's pipeline with the mask generator's mode changed
 
 train_pipeline = [
     dict(type='beit_plugin.CheckedLoadImageFromFile'),

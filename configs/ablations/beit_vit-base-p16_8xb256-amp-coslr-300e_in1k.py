@@ -1,5 +1,6 @@
 # BEiT ablations, full size (the BEiT paper's Table 4 setting): ViT-B/16
-# pretrained for 300 epochs on ImageNet-1k, then fine-tuned on ImageNet-1k
+# pretrained on ImageNet-1k for a shorter run than the 800-epoch recipe
+# (below), then fine-tuned on ImageNet-1k
 # (configs/finetune/beit_vit-base-p16_8xb128-coslr-100e_in1k.py) and ADE20K
 # (configs/seg/beit-base_upernet_8xb2-160k_ade20k-512x512.py). This file is
 # the reference row (blockwise masking, DALL-E visual tokens); the ablation

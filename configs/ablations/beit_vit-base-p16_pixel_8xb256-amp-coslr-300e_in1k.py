@@ -1,8 +1,8 @@
 # BEiT ablation "recover masked pixels" (paper Table 4), full size: the
-# 300-epoch reference (blockwise masking) regressing each masked 16 x 16
-# patch's pixels, standardised per patch, instead of classifying its DALL-E
-# token. The second view is the full 224 px crop (the target's patch grid is
-# the backbone's), so no tokenizer is loaded.
+# 300-epoch reference (blockwise masking) regressing each masked patch's
+# pixels, standardised per patch, instead of classifying its DALL-E token.
+# The second view is the full-size crop (the target's patch grid is the
+# backbone's), so no tokenizer is loaded.
 #
 #   bash tools/dist_train.sh configs/ablations/beit_vit-base-p16_pixel_8xb256-amp-coslr-300e_in1k.py 8
 _base_ = './beit_vit-base-p16_8xb256-amp-coslr-300e_in1k.py'

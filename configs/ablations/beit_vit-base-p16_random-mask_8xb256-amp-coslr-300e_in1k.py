@@ -1,6 +1,6 @@
 # BEiT ablation "w/o blockwise masking" (paper Table 4), full size: the
-# 300-epoch reference with the same 75 of 196 patches (about 40 %) masked
-# uniformly at random.
+# 300-epoch reference with the same number of patches (about 40 % of the
+# grid) masked uniformly at random.
 #
 #   bash tools/dist_train.sh configs/ablations/beit_vit-base-p16_random-mask_8xb256-amp-coslr-300e_in1k.py 8
 _base_ = './beit_vit-base-p16_8xb256-amp-coslr-300e_in1k.py'

@@ -1,13 +1,13 @@
-# BEiT v1 pretraining of ViT-B/16 on ImageNet-1k, the paper's recipe:
-# DALL-E tokenizer (8192 tokens from a 112 px view), blockwise masking of 75
-# of 196 patches, batch 2048 (8 x 256), AdamW lr 1.5e-3 (betas 0.9/0.999,
-# weight decay 0.05), 10 warmup epochs then cosine to 1e-5 over 800 epochs,
-# gradient clipping 3.0, drop path 0.1, layer scale 0.1, one relative
-# position bias shared by all blocks, mixed precision.
+# BEiT v1 pretraining of ViT-B/16 on ImageNet-1k, the paper's recipe: the
+# DALL-E tokenizer reads a half-size second view, blockwise masking, one
+# relative position bias shared by all blocks, mixed precision; an effective
+# batch of 2048 (8 GPUs x 256).
 #
-# Data and pipeline come from MMPretrain's BEiT config (data/imagenet with
-# meta/train.txt, the DALL-E input map as the second normalisation); the
-# model, the masking and the schedule are ours.
+# Data, pipeline and optimizer come from MMPretrain's BEiT config
+# (data/imagenet with meta/train.txt, the DALL-E input map as the second
+# normalisation; AdamW lr 1.5e-3, weight decay 0.05, gradient clipping 3.0,
+# as the paper); the model, the masking, the parameter groups and the
+# schedule are set here.
 #
 # The tokenizer: OpenAI's DALL-E encoder as a plain state dict in
 # checkpoints/dalle_encoder.pth (MMPretrain's dalle_encoder.pth has the same
@@ -56,8 +56,8 @@ train_pipeline = [
     dict(type='RandomResizedCropAndInterpolationWithTwoPic', size=img_size,
          second_size=img_size // 2, interpolation='bicubic',
          second_interpolation='lanczos', scale=(0.08, 1.0)),
-    # the official generator: blocks of at least 16 patches until 75 of the
-    # 14 x 14 are masked
+    # the official generator: blocks of at least min_num_patches until
+    # num_masking_patches of the grid are masked
     # (scoped: the dataset inherited from MMPretrain builds its pipeline in
     # the mmpretrain scope)
     dict(type='beit_plugin.BlockwiseMaskGenerator',

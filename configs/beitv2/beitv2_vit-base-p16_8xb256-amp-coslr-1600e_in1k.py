@@ -1,5 +1,5 @@
-# BEiT v2 ViT-B/16, the 1600-epoch recipe: as the 300-epoch one with drop
-# path 0.1 and AdamW betas 0.9/0.999.
+# BEiT v2 ViT-B/16, the 1600-epoch recipe: the 300-epoch one with the
+# official 1600-epoch drop path and AdamW betas (below).
 _base_ = './beitv2_vit-base-p16_8xb256-amp-coslr-300e_in1k.py'
 
 drop_path_rate = 0.1

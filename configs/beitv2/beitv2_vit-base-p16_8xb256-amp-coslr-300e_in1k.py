@@ -1,15 +1,16 @@
 # BEiT v2 pretraining of ViT-B/16 on ImageNet-1k, the paper's 300-epoch
-# recipe: VQ-KD tokenizer (CLIP ViT-B/16 teacher, 8192 codes of 32 dims),
-# blockwise masking of 75 of 196 patches, patch aggregation (the last
-# layer's CLS token with the 9th layer's patches through a 2-block head that
-# shares the MIM classifier), batch 2048 (8 x 256), AdamW lr 1.5e-3 (betas
-# 0.9/0.98 for 300 epochs, weight decay 0.05), 10 warmup epochs then cosine
-# to 1e-5, gradient clipping 3.0, drop path 0, layer scale 0.1, one shared
-# relative position bias, mixed precision.
+# recipe: VQ-KD tokenizer (CLIP ViT-B/16 teacher), blockwise masking, patch
+# aggregation (the last layer's CLS token with an early layer's patches
+# through a small head that shares the MIM classifier), one shared relative
+# position bias, mixed precision; an effective batch of 2048 (8 GPUs x 256).
+# The AdamW betas are the official 300-epoch ones (the 1600-epoch recipe
+# changes them).
 #
-# Data and pipeline come from MMPretrain's BEiT v2 config (data/imagenet, both
-# views 224 px, the second in [-1, 1] for the tokenizer); the model, the
-# masking and the schedule are ours.
+# Data, pipeline and optimizer come from MMPretrain's BEiT v2 config
+# (data/imagenet, both views the same size, the second in [-1, 1] for the
+# tokenizer; AdamW lr 1.5e-3, weight decay 0.05, gradient clipping 3.0, as
+# the paper); the model, the masking, the parameter groups and the schedule
+# are set here.
 #
 # The tokenizer: a VQ-KD encoder in our layout in
 # checkpoints/vqkd_vit-base-p16_clip-teacher_in1k.pth, from
@@ -80,8 +81,8 @@ train_pipeline = [
          second_interpolation='bicubic', scale=(0.2, 1.0)),
     # (scoped: the dataset inherited from MMPretrain builds its pipeline in
     # the mmpretrain scope)
-    # always exactly 75 patches, as beit2/masking_generator.py tops up (or
-    # trims) each blockwise mask
+    # always exactly num_masking_patches, as beit2/masking_generator.py tops
+    # up (or trims) each blockwise mask
     dict(type='beit_plugin.BlockwiseMaskGenerator',
          input_size=img_size // patch_size, num_masking_patches=75,
          min_num_patches=16, max_num_patches=None, fixed_count=True),

@@ -1,5 +1,5 @@
-# BEiT v2 ViT-L/16, 1600 epochs: the large 300-epoch recipe with drop path
-# 0.1 and AdamW betas 0.9/0.999, as for base.
+# BEiT v2 ViT-L/16, 1600 epochs: the large 300-epoch recipe with the
+# 1600-epoch drop path and AdamW betas (below), as for base.
 _base_ = './beitv2_vit-large-p16_8xb256-amp-coslr-300e_in1k.py'
 
 drop_path_rate = 0.1

@@ -1,6 +1,6 @@
-# BEiT v2 ViT-L/16, 300 epochs: the base recipe with the large backbone, the
-# aggregation branch on the 21st of 24 layers and layer scale 1e-5 (the
-# official large settings). The tokenizer is the same ViT-B/16 VQ-KD.
+# BEiT v2 ViT-L/16, 300 epochs: the base recipe with the large backbone and
+# the official large settings of the aggregation branch's layer and the
+# layer scale (below). The tokenizer is the same ViT-B/16 VQ-KD.
 _base_ = './beitv2_vit-base-p16_8xb256-amp-coslr-300e_in1k.py'
 
 embed_dims = 1024

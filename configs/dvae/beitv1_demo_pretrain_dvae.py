@@ -1,7 +1,7 @@
 # BEiT v1-style masked image modeling, demo size: the embedded default's
 # backbone, data and budget (configs/beit_pretrain.py) with BEiT v1's parts:
-# the demo dVAE as the tokenizer (stage one, configs/dvae/dvae_demo.py, 512
-# tokens on the same 8 x 8 grid), no patch-aggregation branch (the last
+# the demo dVAE as the tokenizer (stage one, configs/dvae/dvae_demo.py, its
+# tokens on the same patch grid), no patch-aggregation branch (the last
 # block's tokens, its final LayerNorm, into the token classifier) and v1's
 # blockwise masks (no top-up to an exact count). One of the four targets of
 # the README's demo comparison (v1 dVAE, v2 VQ-KD, pixels, iBOT-style):

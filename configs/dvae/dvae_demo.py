@@ -6,9 +6,10 @@
 #       work_dirs/dvae_demo/iter_2000.pth --out recon.png
 #
 # 64 x 64 px images, 3 stride-2 stages: an 8 x 8 token map, as a BEiT with
-# 8 px patches sees the same image. 512 tokens, for the reasons given in
-# configs/vqkd/vqkd_demo_hog.py. The Gumbel-softmax temperature anneals
-# from 1.0 to 0.5 over the run (exp(-3.5e-4 * 2000) = 0.5).
+# 8 px patches sees the same image. The codebook size follows the reasons
+# given in configs/vqkd/vqkd_demo_hog.py. The anneal rate takes the
+# Gumbel-softmax temperature to its minimum by the end of the run
+# (exp(-3.5e-4 * 2000) = 0.5).
 _base_ = ['mmpretrain::_base_/default_runtime.py']
 
 custom_imports = dict(imports=['beit_plugin'], allow_failed_imports=False)

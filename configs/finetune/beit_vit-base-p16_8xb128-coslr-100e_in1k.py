@@ -2,12 +2,12 @@
 # model pretrained on ImageNet only (the official fine-tuning command in
 # unilm/beit/get_started_for_image_classification.md, "BEiT-base"; the same
 # values as MMPretrain's configs/beit/benchmarks/
-# beit-base-p16_8xb128-coslr-100e_in1k.py): batch 1024 (8 x 128), AdamW
-# lr 4e-3 (no batch scaling), weight decay 0.05, layer-wise lr decay 0.65,
-# 20 warmup epochs then cosine to 1e-6 over 100 epochs, drop path 0.1,
-# RandAugment (rand-m9-mstd0.5-inc1), random erasing 0.25, mixup 0.8,
-# cutmix 1.0, label smoothing 0.1; the classifier reads the mean of the patch
-# tokens after a LayerNorm (`fc_norm`), without a final norm.
+# beit-base-p16_8xb128-coslr-100e_in1k.py): an effective batch of 1024
+# (8 GPUs x 128) with the official lr as is (no batch scaling), layer-wise
+# lr decay, linear warmup then cosine, RandAugment (rand-m9-mstd0.5-inc1)
+# and random erasing (from the MMPretrain base's pipeline), mixup, cutmix,
+# label smoothing; the classifier reads the mean of the patch tokens after
+# a LayerNorm (`fc_norm`), without a final norm.
 #
 # The pretrained backbone: `pretrained` below, a checkpoint whose state_dict
 # has `backbone.*` keys in our names -- what

@@ -1,8 +1,8 @@
 # BEiT (v1) ViT-L/16 fine-tuning on ImageNet-1k (the official "BEiT-large"
 # command for models pretrained without intermediate fine-tuning, in
-# unilm/beit/get_started_for_image_classification.md): batch 1024, AdamW
-# lr 1e-3, layer-wise lr decay 0.75, drop path 0.2, 5 warmup epochs then
-# cosine over 50 epochs; the rest as the base recipe.
+# unilm/beit/get_started_for_image_classification.md): the official large
+# lr, layer-wise lr decay, drop path and schedule (below); the rest as the
+# base recipe.
 #
 # The official run used 8 GPUs x 64 images x 2 accumulation steps; with less
 # memory set train_dataloader.batch_size=64 and

@@ -1,8 +1,7 @@
 # BEiT v2 ViT-L/16 fine-tuning on ImageNet-1k (the official command in
-# unilm/beit2/get_started_for_image_classification.md): batch 1024, AdamW
-# lr 5e-4 after 300 pretraining epochs (2e-4 after 1600), layer-wise lr decay
-# 0.8, drop path 0.2, 5 warmup epochs then cosine over 50 epochs, mixup 0.8,
-# cutmix 1.0; the rest as the base recipe. After 1600 pretraining epochs:
+# unilm/beit2/get_started_for_image_classification.md): the v1 large recipe
+# with the v2 lr and layer-wise lr decay (below); the lr is the official one
+# after 300 pretraining epochs. After 1600 pretraining epochs:
 #   --cfg-options optim_wrapper.optimizer.lr=2e-4
 #
 # The official run used 8 GPUs x 64 images x 2 accumulation steps; with less

@@ -1,9 +1,8 @@
 # iBOT-style masked image modeling with an online tokenizer, demo size: the
-# embedded default's backbone, data and budget (configs/beit_pretrain.py:
-# 6 blocks of width 192, 64 px images, 8 px patches, batch 32, 800
-# iterations, AdamW 1.5e-3 with warmup and cosine), with the frozen VQ-KD
-# tokenizer replaced by an EMA teacher (a momentum copy of the backbone and
-# its projection head) and the token classifier by iBOT's self-distillation:
+# embedded default's backbone, data, budget and optimizer
+# (configs/beit_pretrain.py), with the frozen VQ-KD tokenizer replaced by an
+# EMA teacher (a momentum copy of the backbone and its projection head) and
+# the token classifier by iBOT's self-distillation:
 #
 #   python tools/train.py configs/ibot/ibot_demo_pretrain.py
 #
@@ -16,17 +15,17 @@
 # which the official iBOT evaluates).
 #
 # The iBOT ViT-B recipe (configs/ibot/ibot_vit-base-p16_8xb128-coslr-400e_in1k.py)
-# shrunk: two global 64 px views (scale 0.32-1) each with its own blockwise
-# mask (half the views masked, ratio 0.1-0.5), 4 local 32 px views (scale
-# 0.05-0.32), a shared head with a weight-normalised last layer. Changes for
-# the small model and 800 iterations: 1024 prototypes through a 512-wide
-# MLP and a 128-d bottleneck (ViT-B: 8192, 2048, 256); the teacher
-# momentum is the official default 0.996 -> 1 over the run (the official
-# advice for small batches is a higher one, e.g. 0.9995 at 256), the
-# teacher temperature warms up from 0.04 to 0.07 over 160 iterations
-# (20%), the last layer is frozen for 100 iterations (the warmup); the
-# optimizer and its schedule are the embedded default's, so that the four
-# targets (VQ-KD, dVAE, pixels, online) differ in the target only.
+# shrunk: two global views at the demo's image size, each with its own
+# blockwise mask (half the views masked), local views at half that size,
+# the official crop scales, a shared head with a weight-normalised last
+# layer. Changes for the small model and short run: fewer prototypes
+# through a narrower MLP and bottleneck (ViT-B: 8192, 2048, 256); the
+# teacher momentum is the official default schedule (the official advice
+# for small batches is a higher one, e.g. 0.9995 at 256), the teacher
+# temperature warms up over the first 20% of the run, the last layer is
+# frozen during the lr warmup; the optimizer and its schedule are the
+# embedded default's, so that the four targets (VQ-KD, dVAE, pixels,
+# online) differ in the target only.
 #
 # The log's teacher_entropy is the mean entropy of the teacher's CLS
 # targets: ln 1024 = 6.93 means the teacher has collapsed to a uniform
@@ -34,7 +33,7 @@
 # prototype. The tests' tiny backbone (width 32, 2 blocks) collapses to
 # uniform within 100-150 iterations at every setting tried (lr 1e-4 to
 # 1.5e-3, teacher temperature 0.04 or 0.04 -> 0.07, momentum 0.99 to
-# 0.9995); the demo's backbone is still to be measured over 800.
+# 0.9995); the demo's backbone is still to be measured over a full run.
 _base_ = '../beit_pretrain.py'
 
 img_size = 64

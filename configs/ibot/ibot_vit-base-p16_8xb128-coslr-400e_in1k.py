@@ -1,18 +1,16 @@
 # iBOT pretraining of ViT-B/16 on ImageNet-1k (Zhou et al., "iBOT: Image
 # BERT Pre-Training with Online Tokenizer", https://arxiv.org/abs/2111.07832),
 # the paper's recipe on our BEiT backbone: the target generator is an EMA
-# teacher (momentum 0.996 -> 1, cosine), CLS self-distillation across the
+# teacher (momentum on a cosine schedule), CLS self-distillation across the
 # two global views plus masked-patch self-distillation within each view;
-# 2 global 224 px views (scale 0.32-1) and 10 local 96 px views (scale
-# 0.05-0.32); blockwise masks per global view, half the views masked with a
-# ratio drawn from 0.1-0.5 (official pred_ratio 0 0.3, pred_ratio_var 0 0.2);
-# a shared projection head (3 layers, 2048 wide, 256-d bottleneck, 8192
-# prototypes, weight-normalised last layer with its norm fixed, frozen for
-# the first epoch); student temperature 0.1, teacher temperatures 0.04 ->
-# 0.07 over 50 epochs (CLS and patches), centre momentum 0.9; batch 1024
-# (8 x 128), AdamW lr 5e-4 x 1024 / 256 = 2e-3 with 10 warmup epochs then
-# cosine to 1e-6, weight decay 0.04 -> 0.4 (cosine), gradient clipping 3.0,
-# drop path 0.1 (student), mixed precision, 400 epochs.
+# global and local multi-crop views; blockwise masks per global view, half
+# the views masked with a ratio drawn from mask_ratio (official pred_ratio
+# 0 0.3, pred_ratio_var 0 0.2); a shared projection head (weight-normalised
+# last layer with its norm fixed, frozen for the first epoch); teacher
+# temperatures warmed up for CLS and patches alike; an effective batch of
+# 1024 (8 GPUs x 128) with the official lr scaled by batch / 256, linear
+# warmup then cosine, weight decay on a cosine schedule, drop path on the
+# student only, mixed precision (the base's AmpOptimWrapper).
 #
 # Where the published iBOT ViT-B arguments could not be checked here (the
 # scales, the 50 warm-up epochs, norm_last_layer), the values follow the
@@ -20,7 +18,7 @@
 # args file of the official ViT-B checkpoint if they differ.
 #
 # Differences from the official code, all deliberate: the backbone is our
-# BEiT (relative position bias shared by the blocks, layer scale 0.1, q/v
+# BEiT (relative position bias shared by the blocks, layer scale, q/v
 # biases; the official ViT has absolute positions and neither), so that an
 # iBOT checkpoint loads into every fine-tuning, linear-probe and
 # segmentation config of this repository; schedules are per iteration (the
@@ -166,7 +164,7 @@ param_scheduler = [
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
 custom_hooks = [
-    # teacher <- m teacher + (1 - m) student after every step, m 0.996 -> 1
+    # teacher <- m teacher + (1 - m) student after every step
     dict(type='beit_plugin.EMATeacherHook', momentum=0.996, end_momentum=1.),
     dict(type='beit_plugin.NonFiniteCheckHook'),
     dict(type='beit_plugin.RNGStateHook'),

@@ -11,16 +11,15 @@
 #
 #   python tools/train.py configs/linear_probe/beit_demo_linear.py --cfg-options model.backbone.init_cfg=None --work-dir work_dirs/beit_demo_linear_random
 #
-# The BEiT v2 linear-probing recipe, shrunk: the demo pretraining's backbone
-# (6 blocks of width 192, 64 px images, 8 px patches), frozen entirely; the
-# average patch token of block 4 (of 6; ViT-B probes block 9 of 12 this
-# way), standardised by a BatchNorm without affine parameters, into a
-# linear head; batch 64, AdamW weight decay 1e-4, cosine to 0,
-# iteration-based (250 iterations = 10 epochs) with validation every 25
-# iterations (one epoch). Demo changes: lr 1e-2 instead of 4e-3 (a few
+# The BEiT v2 linear-probing recipe, shrunk: the demo pretraining's
+# backbone, frozen entirely; the average patch token of block 4 (of 6;
+# ViT-B probes block 9 of 12 this way), standardised by a BatchNorm without
+# affine parameters, into a linear head; AdamW, cosine to 0,
+# iteration-based (max_iters = 10 epochs of the demo set) with validation
+# once an epoch. Demo changes: a higher lr than the recipe's 4e-3 (a few
 # hundred steps only), and horizontal flips without random crops, the images
-# kept at their 64 px (each holds one shape anywhere in the frame, which a
-# crop can cut).
+# kept at their own size (each holds one shape anywhere in the frame, which
+# a crop can cut).
 #
 # The average patch token rather than the last CLS token (the v2 base
 # config's default): the demo pretraining trains its CLS token little, and a

@@ -1,9 +1,9 @@
 # Linear probing of a pretrained BEiT (v1) ViT-B/16 on ImageNet-1k.
 #
-# The backbone is frozen entirely (frozen_stages = 12: embeddings, relative
-# position tables and all blocks; nothing in it trains and its dropout/drop
-# path are off). The features are the plain mean of the patch tokens of
-# block 9 (out_indices=(8, )), taken as `featmap` and pooled by the
+# The backbone is frozen entirely (frozen_stages = num_layers: embeddings,
+# relative position tables and all blocks; nothing in it trains and its
+# dropout/drop path are off). The features are the plain mean of the patch
+# tokens of one block (out_indices), taken as `featmap` and pooled by the
 # FeatureBatchNorm neck, which standardises them with a BatchNorm without
 # affine parameters (as the BEiT v2 paper and MAE); a linear head classifies
 # them. Why not out_type='avg_featmap': it adds `fc_norm`, a LayerNorm of the
@@ -11,10 +11,10 @@
 # values it would only add a per-sample normalisation.
 #
 # Schedule: the official BEiT linear evaluation (unilm/beit/run_linear_eval.py
-# and get_started_for_image_classification.md): batch 1024 (8 x 128), AdamW
-# lr 4e-3, weight decay 1e-4, cosine to 0 over 100 epochs without warmup,
-# RandomResizedCrop 224 + flip for training, resize 256 + center crop 224 for
-# testing, cross-entropy; the head initialised N(0, 0.01), bias 0.
+# and get_started_for_image_classification.md): an effective batch of 1024
+# (8 GPUs x 128), AdamW, cosine to 0 without warmup, RandomResizedCrop +
+# flip for training (the MMPretrain base's pipeline), resize + center crop
+# for testing, cross-entropy, the official head initialisation.
 # The official script trains one probe per block on [CLS; mean of patches]
 # and reports the best block; here one block is probed -- pick it with
 #   --cfg-options "model.backbone.out_indices=(k-1,)"

@@ -2,8 +2,7 @@
 # backbone's last-layer CLS token, standardised by a BatchNorm without affine
 # parameters, into a linear head (the BEiT v2 recipe probes the CLS token:
 # its patch aggregation pretrains the CLS token as the image representation).
-# The schedule is the base recipe's (the official BEiT linear evaluation:
-# batch 1024, AdamW lr 4e-3, weight decay 1e-4, cosine over 100 epochs);
+# The schedule is the base recipe's (the official BEiT linear evaluation);
 # the official BEiT v2 code ships no linear-probing script.
 #
 # To probe the mean patch token of block k instead:

@@ -1,7 +1,7 @@
 # Linear probing of a pretrained BEiT v2 ViT-L/16 on ImageNet-1k: as the
 # base recipe (frozen backbone, last-layer CLS token, BatchNorm without
-# affine, linear head, AdamW lr 4e-3, batch 1024, 100 epochs) with the
-# large backbone (24 blocks, all frozen).
+# affine, linear head, the base's schedule) with the large backbone, all
+# its blocks frozen.
 #
 #   bash tools/dist_train.sh configs/linear_probe/beitv2_vit-large-p16_8xb128-linear-coslr-100e_in1k.py 8
 _base_ = './beitv2_vit-base-p16_8xb128-linear-coslr-100e_in1k.py'

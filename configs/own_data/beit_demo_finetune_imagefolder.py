@@ -13,12 +13,13 @@
 # training, with the folder, its classes and the value to set
 # (beit_plugin.ClassCountCheckHook, in the demo config's custom_hooks).
 #
-# The demo fine-tuning (configs/finetune/beit_demo_finetune.py: the small BEiT
-# at 64 px, 600 iterations of batch 64) of the demo pretraining on your images
-# (`pretrained` below, which configs/own_data/beit_demo_pretrain_images.py
-# writes). The pipelines are the full recipe's at 64 px, so that images of
-# any size come out at 64 px: a random resized crop and a flip for training,
-# the short side resized to 73 px and the centre 64 px for validation.
+# The demo fine-tuning (configs/finetune/beit_demo_finetune.py: the small
+# BEiT, its schedule) of the demo pretraining on your images (`pretrained`
+# below, which configs/own_data/beit_demo_pretrain_images.py writes). The
+# pipelines are the full recipe's scaled to the demo backbone's input size,
+# so that images of any size come out at that size: a random resized crop
+# and a flip for training, the short side resized (the full recipe's
+# 256 : 224) and the centre cropped for validation.
 _base_ = '../finetune/beit_demo_finetune.py'
 
 data_root = 'data/my_imagefolder'

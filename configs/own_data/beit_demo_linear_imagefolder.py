@@ -13,13 +13,14 @@
 # training, with the folder, its classes and the value to set
 # (beit_plugin.ClassCountCheckHook, in the demo config's custom_hooks).
 #
-# The demo linear probe (configs/linear_probe/beit_demo_linear.py: block 4's
-# average patch token of the small BEiT at 64 px, 250 iterations of batch 64)
-# of the demo pretraining on your images (`pretrained` below, which
-# configs/own_data/beit_demo_pretrain_images.py writes). The pipelines are the
-# full linear recipe's at 64 px, so that images of any size come out at 64 px:
-# a random resized crop and a flip for training, the short side resized to
-# 73 px and the centre 64 px for validation.
+# The demo linear probe (configs/linear_probe/beit_demo_linear.py: the
+# small BEiT's probed block, its schedule) of the demo pretraining on your
+# images (`pretrained` below, which
+# configs/own_data/beit_demo_pretrain_images.py writes). The pipelines are
+# the full linear recipe's scaled to the demo backbone's input size, so that
+# images of any size come out at that size: a random resized crop and a flip
+# for training, the short side resized (the full recipe's 256 : 224) and the
+# centre cropped for validation.
 _base_ = '../linear_probe/beit_demo_linear.py'
 
 data_root = 'data/my_imagefolder'

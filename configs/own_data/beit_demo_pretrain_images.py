@@ -1,6 +1,6 @@
-# BEiT v2-style pretraining of the demo's small BEiT (configs/beit_pretrain.py:
-# 64 px images, 8 px patches, the demo VQ-KD tokenizer) on a folder of your own
-# images: no labels, no annotation file, any image size, any format among
+# BEiT v2-style pretraining of the demo's small BEiT (configs/beit_pretrain.py,
+# with the demo VQ-KD tokenizer) on a folder of your own images: no labels,
+# no annotation file, any image size, any format among
 # .jpg .jpeg .png .ppm .bmp .pgm .tif. The folder is scanned recursively, so a
 # flat folder and one with class subfolders (e.g. an ImageFolder's train/)
 # both work; an empty or missing folder is refused, naming it.
@@ -9,8 +9,8 @@
 #       --cfg-options train_dataloader.dataset.data_root=/my/images
 #
 # Only the data set changes; the pipeline is the demo's (each image randomly
-# cropped and resized to two 64 px views; its loader names a file it cannot
-# read). The demo tokenizer (checkpoints/vqkd_demo_hog.pth) only knows
+# cropped and resized to the demo's two views; its loader names a file it
+# cannot read). The demo tokenizer (checkpoints/vqkd_demo_hog.pth) only knows
 # 64 px synthetic shapes: for real photos use the full recipe,
 # configs/own_data/beitv2_vit-base-p16_8xb256-amp-coslr-300e_images.py, with
 # a real tokenizer (README, "Your own data").

@@ -17,12 +17,11 @@
 # keeps MMSegmentation's LoadAnnotations, which its inference_model removes
 # by that name).
 #
-# The demo UperNet (configs/seg/beit_demo_upernet.py: the small BEiT, images
-# rescaled to about 96 px on the short side, 64 px crops, 2000 iterations of
-# batch 8) of the demo pretraining on your images (`pretrained` below, which
-# configs/own_data/beit_demo_pretrain_images.py writes); only the data set
-# changes. MMSegmentation's ADE20KDataset accepts ADE20K's 150 classes only,
-# hence BaseSegDataset.
+# The demo UperNet (configs/seg/beit_demo_upernet.py: the small BEiT, its
+# rescaling, crops and schedule) of the demo pretraining on your images
+# (`pretrained` below, which configs/own_data/beit_demo_pretrain_images.py
+# writes); only the data set changes. MMSegmentation's ADE20KDataset accepts
+# ADE20K's 150 classes only, hence BaseSegDataset.
 _base_ = '../seg/beit_demo_upernet.py'
 
 data_root = 'data/my_ade'

@@ -16,9 +16,9 @@
 # --cfg-options model.target_generator.init_cfg.checkpoint=FILE. A tokenizer
 # made for another grid than the backbone's 14 x 14 patches is refused.
 #
-# The schedule counts epochs of your folder (300 epochs, 10 of warmup) at a
-# total batch of 2048 (8 GPUs x 256); with fewer GPUs add --auto-scale-lr or
-# set train_dataloader.batch_size.
+# The recipe's schedule counts epochs of your folder, at a total batch of
+# 2048 (8 GPUs x 256); with fewer GPUs add --auto-scale-lr or set
+# train_dataloader.batch_size.
 _base_ = '../beitv2/beitv2_vit-base-p16_8xb256-amp-coslr-300e_in1k.py'
 
 data_root = 'data/my_images'  # see --cfg-options above

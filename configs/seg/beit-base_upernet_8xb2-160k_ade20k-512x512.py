@@ -1,10 +1,10 @@
 # BEiT v1 base (self-supervised pretraining only) + UperNet, ADE20K 512x512,
-# 160k iterations, batch 16 (8 GPUs x 2).
+# 160k iterations, an effective batch of 16 (8 GPUs x 2).
 #
 # Source: microsoft/unilm beit/semantic_segmentation/configs/beit/upernet/
 # upernet_beit_base_12_512_slide_160k_ade20k_pt.py (BEiT paper, Table 3,
-# "BEiT" row): AdamW lr 7e-4, weight decay 0.05, layer decay 0.65, drop path
-# 0.1, layer scale 0.1, warmup 1500, poly, slide test 512 stride 341, fp16.
+# "BEiT" row): its lr, layer decay, drop path, layer scale and slide test
+# (below); AdamW, warmup, poly and fp16 from configs/seg/_base_.
 _base_ = [
     './_base_/upernet_beit-base.py',
     'mmseg::_base_/datasets/ade20k.py',

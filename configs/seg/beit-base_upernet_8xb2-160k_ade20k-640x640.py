@@ -1,11 +1,12 @@
 # BEiT v1 base (self-supervised on ImageNet-22k, then intermediate fine-tuned
-# on ImageNet-22k) + UperNet, ADE20K 640x640, 160k iterations, batch 16.
+# on ImageNet-22k) + UperNet, ADE20K 640x640, 160k iterations, an effective
+# batch of 16 (8 GPUs x 2).
 #
 # Source: microsoft/unilm beit/semantic_segmentation/configs/beit/upernet/
 # upernet_beit_base_12_640_slide_160k_ade20k_pt2ft.py, equal to MMSegmentation's
-# configs/beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py: AdamW lr 3e-5,
-# weight decay 0.05, layer decay 0.9, drop path 0.1, layer scale 0.1, warmup
-# 1500, poly, slide test 640 stride 426, fp16.
+# configs/beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py: its lr, layer
+# decay, drop path, layer scale and slide test (below); AdamW, warmup, poly
+# and fp16 from configs/seg/_base_.
 _base_ = [
     './_base_/upernet_beit-base.py',
     'mmseg::_base_/datasets/ade20k_640x640.py',

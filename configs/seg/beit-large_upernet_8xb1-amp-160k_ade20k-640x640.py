@@ -5,9 +5,9 @@
 # Source: microsoft/unilm beit/semantic_segmentation/configs/beit/upernet/
 # upernet_beit_large_24_640_slide_160k_ade20k_pt2ft.py (BEiT paper, Table 3,
 # "BEiT-L" row), as in MMSegmentation's
-# configs/beit/beit-large_upernet_8xb1-amp-160k_ade20k-640x640.py: AdamW lr
-# 2e-5, weight decay 0.05, layer decay 0.95, drop path 0.2, layer scale 1e-6,
-# fp16, samples_per_gpu=1 with update_interval=2 over schedule_320k.
+# configs/beit/beit-large_upernet_8xb1-amp-160k_ade20k-640x640.py: its lr,
+# layer decay, drop path and layer scale (below), fp16, and
+# samples_per_gpu=1 with update_interval=2 over schedule_320k.
 #
 # The official (MMCV 1.x) runner counts the warmup and the poly decay in
 # iterations, over all 320k of them, so warmup = 3000 and the poly ends at

@@ -11,11 +11,10 @@
 #       --cfg-options model.backbone.init_cfg=None
 #
 # The data set is generated on first use. The backbone is the demo
-# pretraining's (192 dims, 6 blocks, 6 heads, patch 8, trained at 64 px),
-# with one relative position bias table per block initialised from the
-# pretraining's shared table. Training crops are 64 px (the pretraining's
-# 8x8 grid); the test slides a 64 px window with stride 32 over the 96 px
-# images (4 windows).
+# pretraining's (trained at 64 px), with one relative position bias table
+# per block initialised from the pretraining's shared table. Training crops
+# are the pretraining's image size (its patch grid); the test slides a
+# crop-sized window with half-crop stride over the 96 px images (4 windows).
 #
 # Plain BN everywhere (no GPU needed). The batch is >= 2 on purpose: with 1
 # image UperNet's pool-scale-1 branch (PPM) normalises a 1x1 map of one
@@ -142,12 +141,11 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', _scope_='mmseg', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
-# the base-size recipe's optimizer (AdamW, weight decay 0.05, layer-wise
-# decay; no AMP) at the lr and decay that suit the pretrained backbone, chosen
-# by a sweep on the demo whose numbers README's "Results" gives: the demo
-# fine-tuning's lr 1e-3 / decay 0.75 leaves the pretrained backbone below the
-# one from scratch, whose own best setting (1e-3 / 0.9) this one is too high
-# for
+# the base-size recipe's optimizer (AdamW, layer-wise decay; no AMP) at the
+# lr and decay that suit the pretrained backbone, chosen by a sweep on the
+# demo whose numbers README's "Results" gives: the demo fine-tuning's lr
+# 1e-3 / decay 0.75 leaves the pretrained backbone below the one from
+# scratch, whose own best setting (1e-3 / 0.9) this one is too high for
 optim_wrapper = dict(
     type='OptimWrapper',
     # torch's fused AdamW (CPU, CUDA): one kernel per step, not one per tensor

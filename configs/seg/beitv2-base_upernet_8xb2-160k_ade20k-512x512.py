@@ -1,10 +1,10 @@
-# BEiT v2 base + UperNet, ADE20K 512x512, 160k iterations, batch 16
-# (8 GPUs x 2).
+# BEiT v2 base + UperNet, ADE20K 512x512, 160k iterations, an effective
+# batch of 16 (8 GPUs x 2).
 #
 # Source: microsoft/unilm beit2/semantic_segmentation/configs/beit/upernet/
 # upernet_beit_base_12_512_slide_160k_ade20k.py (BEiT v2 paper, ADE20K
-# results): AdamW lr 5e-5, weight decay 0.05, layer decay 0.75, drop path
-# 0.15, layer scale 0.1, warmup 1500, poly, slide test 512 stride 341, fp16.
+# results): its lr, layer decay, drop path, layer scale and slide test
+# (below); AdamW, warmup, poly and fp16 from configs/seg/_base_.
 # Its `rel_pos_bias_interpolation_type=0` is the geometric resize of the
 # relative position tables that our backbone applies on loading.
 _base_ = [

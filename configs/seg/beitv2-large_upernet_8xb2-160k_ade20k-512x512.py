@@ -1,10 +1,10 @@
-# BEiT v2 large + UperNet, ADE20K 512x512, 160k iterations, batch 16
-# (8 GPUs x 2).
+# BEiT v2 large + UperNet, ADE20K 512x512, 160k iterations, an effective
+# batch of 16 (8 GPUs x 2).
 #
 # Source: microsoft/unilm beit2/semantic_segmentation/configs/beit/upernet/
 # upernet_beit_large_24_512_slide_160k_ade20k.py (BEiT v2 paper, ADE20K
-# results): AdamW lr 4e-5, weight decay 0.05, layer decay 0.9, drop path 0.2,
-# layer scale 1e-6, warmup 1500, poly, slide test 512 stride 341, fp16.
+# results): its lr, layer decay, drop path, layer scale and slide test
+# (below); AdamW, warmup, poly and fp16 from configs/seg/_base_.
 _base_ = [
     './_base_/upernet_beit-base.py',
     'mmseg::_base_/datasets/ade20k.py',

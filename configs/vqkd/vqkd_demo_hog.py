@@ -8,8 +8,8 @@
 # The second line keeps the tokenizer's weights only (no teacher, no
 # optimizer): that is the file configs/beit_pretrain.py loads.
 #
-# Codebook usage (`codebook/usage`: fraction of the codes used in the last
-# 100 iterations; `codebook/perplexity`) is logged by CodebookUsageHook.
+# Codebook usage (`codebook/usage`: fraction of the codes used over the
+# hook's window; `codebook/perplexity`) is logged by CodebookUsageHook.
 _base_ = ['mmpretrain::_base_/default_runtime.py']
 
 custom_imports = dict(imports=['beit_plugin'], allow_failed_imports=False)

@@ -1,10 +1,9 @@
 # VQ-KD tokenizer of BEiT v2 on ImageNet-1k with the CLIP ViT-B/16 teacher:
 # the official recipe (`run_vqkd_training.py` with
-# `vqkd_encoder_base_decoder_3x768x12_clip`): ViT-B/16 encoder, 3-layer
-# 768-d decoder, 8192 x 32 codebook (EMA decay 0.99, k-means init), cosine
-# loss to CLIP's projected patch features, 100 epochs at batch 8 x 64,
-# AdamW (0.9, 0.99), weight decay 1e-4, lr 5e-5 per 128 images (2e-4 at
-# 512), 10 warmup epochs from 1e-6, cosine to 1e-5.
+# `vqkd_encoder_base_decoder_3x768x12_clip`): EMA codebook with k-means init,
+# cosine loss to CLIP's projected patch features, an effective batch of 512
+# (8 GPUs x 64); the official lr is 5e-5 per 128 images, hence the lr below
+# for 512 (auto_scale_lr's base batch).
 #
 # Teacher weights are read from a local file, never downloaded:
 # `checkpoints/clip-vit-base-p16_openai_mmpretrain.pth`, OpenAI's CLIP

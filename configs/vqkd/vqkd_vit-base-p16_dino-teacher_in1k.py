@@ -1,5 +1,5 @@
 # VQ-KD tokenizer of BEiT v2 on ImageNet-1k with the DINO ViT-B/16 teacher:
-# the CLIP recipe with DINO's normalised patch tokens (768-d) as targets.
+# the CLIP recipe with DINO's normalised patch tokens as targets.
 #
 # Teacher weights are read from a local file, never downloaded:
 # `checkpoints/dino_vitbase16_pretrain.pth`, the official DINO release

@@ -90,7 +90,7 @@ optim_wrapper = dict(
     # decayed
     paramwise_cfg=dict(layer_decay_rate=0.65, no_decay_names=()))
 
-# poly (power 1) to 0 after a linear warmup of 1500 iterations from 1e-6
+# the official schedule: a linear warmup, then poly decay to 0
 param_scheduler = [
     dict(
         type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
