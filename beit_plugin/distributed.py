@@ -31,8 +31,11 @@ import torch
 from mmengine.config import Config
 from mmengine.dist import init_dist, is_distributed
 from mmengine.logging import print_log
-from mmengine.registry import MODEL_WRAPPERS
+from mmengine.registry import MODEL_WRAPPERS, RUNNERS
+from mmengine.runner import Runner
 from torch.nn.parallel import DistributedDataParallel
+
+from beit_plugin.compat import log_active_fixes
 
 SYNC_BN_TYPES = ('SyncBN', 'nn.SyncBatchNorm', 'SyncBatchNorm')
 
@@ -128,3 +131,14 @@ def init_distributed(cfg: Config) -> bool:
     with mock.patch.object(torch.cuda, 'set_device', _skip_set_device):
         init_dist(launcher, **dist_cfg)
     return True
+
+
+def build_runner(cfg: Config) -> Runner:
+    """The launch tools' runner: ``Runner.from_cfg``, or the config's
+    ``runner_type`` if it has one, after :func:`init_distributed`; logs the
+    active fixes of :mod:`beit_plugin.compat`."""
+    init_distributed(cfg)
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else \
+        Runner.from_cfg(cfg)
+    log_active_fixes()
+    return runner

@@ -25,12 +25,9 @@ from typing import Optional, Sequence
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
 # importing beit_plugin applies beit_plugin.compat and registers the plugin
-from beit_plugin.compat import log_active_fixes
-from beit_plugin.distributed import configure_cpu_distributed, init_distributed
+from beit_plugin.distributed import build_runner, configure_cpu_distributed
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -141,19 +138,6 @@ def build_config(args: argparse.Namespace) -> Config:
         enable_amp(cfg)  # a GPU recipe on a CPU: bfloat16 instead of float16
     configure_cpu_distributed(cfg)
     return cfg
-
-
-def build_runner(cfg: Config) -> Runner:
-    """``Runner.from_cfg``, or the config's ``runner_type`` if it has one
-    (after :func:`~beit_plugin.distributed.init_distributed`); logs the
-    active fixes of :mod:`beit_plugin.compat`."""
-    init_distributed(cfg)
-    if 'runner_type' in cfg:
-        runner = RUNNERS.build(cfg)
-    else:
-        runner = Runner.from_cfg(cfg)
-    log_active_fixes()
-    return runner
 
 
 def command_that_writes(path: str) -> Optional[str]:
