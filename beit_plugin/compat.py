@@ -7,7 +7,8 @@ predicate and ``apply()``. ``import beit_plugin`` runs :func:`apply_fixes`,
 which applies the fixes whose predicate holds, and only those: on the
 package versions that have the fault (``importlib.metadata`` versions, up to
 the newest release checked, :data:`CHECKED`) and in the situation that
-triggers it (mmcv-lite, no ``pkg_resources``, an editable install).
+triggers it (mmcv-lite, no ``pkg_resources``, an editable install,
+NumPy >= 2).
 :func:`describe_active_fixes` is the one line our tools log at start.
 
 The fixes, in the order they are applied:
@@ -60,6 +61,19 @@ The fixes, in the order they are applied:
     an editable install (PEP 660) does not put there: ``beit_plugin::``
     config bases of a checkout would not resolve. Needed for an editable
     install of beit-plugin; only the answer for beit-plugin itself changes.
+``adjust_hue_numpy2``
+    mmcv 2.0.0rc1 to 2.2.0 (mmcv and mmcv-lite; 1.5.1 to 1.7.2 and the
+    upstream main branch have the same line) shift the hue in
+    ``mmcv.image.adjust_hue`` by ``np.uint8(hue_factor * 255)``, which
+    NumPy >= 2 refuses for a negative factor (``OverflowError: Python
+    integer -25 out of bounds for uint8``), so MMPretrain's ``ColorJitter``
+    with ``hue > 0`` fails on about half of its calls. Not reported to
+    open-mmlab/mmcv; fixed in the fork VBTI-development/onedl-mmcv#41, and
+    in torchvision's copy of the line by pytorch/vision#8463. Needed: such
+    an mmcv and NumPy >= 2. :func:`adjust_hue` (mmcv's code, with the shift
+    NumPy 1 computed: truncated, modulo 256) replaces ``adjust_hue`` in
+    ``mmcv``, ``mmcv.image`` and ``mmcv.image.photometric``, and nothing
+    else.
 
 Not fixes, and so elsewhere: the weights-only loader our own code calls
 (:mod:`beit_plugin.checkpoint_loading`), bfloat16 AMP on a CPU
@@ -83,6 +97,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from mmengine.logging import MMLogger, print_log
@@ -92,7 +107,8 @@ from mmengine.utils import digit_version
 #: fixed here. A fix gated on a package applies up to this version; a newer
 #: release is assumed to have fixed the fault (re-check, then move the
 #: bound).
-CHECKED = {'mmengine': '0.10.7', 'mmsegmentation': '1.2.2'}
+CHECKED = {'mmengine': '0.10.7', 'mmsegmentation': '1.2.2', 'mmcv': '2.2.0',
+           'mmcv-lite': '2.2.0'}
 
 
 def installed_version(distribution: str) -> Optional[str]:
@@ -404,6 +420,121 @@ def find_editable_install() -> None:
 
 
 # ---------------------------------------------------------------------------
+# adjust_hue_numpy2: mmcv's adjust_hue with NumPy 1's uint8 wraparound
+# ---------------------------------------------------------------------------
+
+#: The first mmcv 2 release, the fix's lower bound: mmcv 1.5.1 to 1.7.2
+#: have the fault too, but MMPretrain 1.x (and so beit-plugin) needs mmcv 2,
+#: and 1.5.1 to 1.6.1 have no ``backend`` argument.
+MMCV_2 = '2.0.0rc1'
+
+#: Where mmcv's ``adjust_hue`` is looked up (MMPretrain's ``ColorJitter``
+#: calls ``mmcv.adjust_hue``), module name -> the function found there
+#: before :func:`replace_adjust_hue` replaced it.
+UPSTREAM_ADJUST_HUE: Dict[str, Callable] = {}
+
+
+def hue_shift(hue_factor: float) -> np.uint8:
+    """``np.uint8(hue_factor * 255)`` as NumPy 1 computed it: truncated
+    toward zero, then wrapped modulo 256 (-0.1 -> -25 -> 231)."""
+    return np.uint8(int(hue_factor * 255) % 256)
+
+
+def adjust_hue(img: np.ndarray,
+               hue_factor: float,
+               backend: Optional[str] = None) -> np.ndarray:
+    """``mmcv.image.adjust_hue`` (mmcv 2.x) without its NumPy 2 fault.
+
+    mmcv shifts the HSV hue channel by ``np.uint8(hue_factor * 255)``, which
+    NumPy 2 refuses for a negative factor (``OverflowError``); here the
+    shift is :func:`hue_shift`, the value NumPy 1 gave, and everything else
+    is mmcv's code: the same checks, backends and results.
+
+    Args:
+        img (np.ndarray): BGR image, shape (H, W, 3).
+        hue_factor (float): Shift of the hue channel, in [-0.5, 0.5] (a
+            fraction of the full circle).
+        backend (str | None): ``'cv2'`` or ``'pillow'``; None uses mmcv's
+            ``imread_backend`` as ``mmcv.image.photometric`` sees it.
+            Defaults to None.
+
+    Returns:
+        np.ndarray: The hue-shifted image, shape and dtype of ``img``.
+    """
+    from mmcv.image import photometric
+    if backend is None:
+        backend = photometric.imread_backend
+    if backend not in ['cv2', 'pillow']:
+        raise ValueError(f'backend: {backend} is not supported.'
+                         f"Supported backends are 'cv2', 'pillow'")
+    if not (-0.5 <= hue_factor <= 0.5):
+        raise ValueError(f'hue_factor:{hue_factor} is not in [-0.5, 0.5].')
+    if not (isinstance(img, np.ndarray) and (img.ndim in {2, 3})):
+        raise TypeError('img should be ndarray with dim=[2 or 3].')
+    shift = hue_shift(hue_factor)
+    if backend == 'pillow':
+        from PIL import Image
+        assert img.dtype == np.uint8, 'Pillow backend only support uint8 type'
+        pil_image = Image.fromarray(np.ascontiguousarray(img[..., ::-1]))
+        input_mode = pil_image.mode  # 'RGB' (mmcv passes mode='RGB')
+        h, s, v = pil_image.convert('HSV').split()
+        np_h = np.array(h, dtype=np.uint8)
+        with np.errstate(over='ignore'):  # uint8 addition wraps around
+            np_h += shift
+        h = Image.fromarray(np_h, 'L')
+        pil_image = Image.merge('HSV', (h, s, v)).convert(input_mode)
+        return np.array(pil_image, dtype=img.dtype)[..., ::-1]
+    import cv2
+    dtype = img.dtype
+    img = img.astype(np.uint8)
+    h, s, v = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV_FULL))
+    h = h.astype(np.uint8)
+    with np.errstate(over='ignore'):  # uint8 addition wraps around
+        h += shift
+    hsv_img = cv2.merge([h, s, v])
+    return cv2.cvtColor(hsv_img, cv2.COLOR_HSV2BGR_FULL).astype(dtype)
+
+
+def _adjust_hue_modules() -> List[types.ModuleType]:
+    """The modules that bind mmcv's ``adjust_hue``: ``mmcv`` (which
+    MMPretrain's ``ColorJitter`` calls), ``mmcv.image`` and
+    ``mmcv.image.photometric``."""
+    import mmcv
+    import mmcv.image
+    from mmcv.image import photometric
+    return [mmcv, mmcv.image, photometric]
+
+
+def replace_adjust_hue() -> None:
+    """Make mmcv's ``adjust_hue`` :func:`adjust_hue` where it is bound;
+    the functions replaced are kept in :data:`UPSTREAM_ADJUST_HUE`."""
+    for module in _adjust_hue_modules():
+        found = getattr(module, 'adjust_hue', None)
+        if found is not None and found is not adjust_hue:
+            UPSTREAM_ADJUST_HUE.setdefault(module.__name__, found)
+            module.adjust_hue = adjust_hue
+
+
+def _mmcv_with_hue_fault() -> bool:
+    """mmcv or mmcv-lite 2.x up to :data:`CHECKED` installed."""
+    for distribution in ('mmcv', 'mmcv-lite'):
+        version = installed_version(distribution)
+        if version is not None and (
+                digit_version(MMCV_2) <= digit_version(version) <=
+                digit_version(CHECKED[distribution])):
+            return True
+    return False
+
+
+def _adjust_hue_needed() -> bool:
+    """An mmcv 2.x with the fault (:func:`_mmcv_with_hue_fault`) and
+    NumPy >= 2, which refuses the out-of-range ``np.uint8``."""
+    numpy_version = installed_version('numpy')
+    return (_mmcv_with_hue_fault() and numpy_version is not None
+            and digit_version(numpy_version) >= digit_version('2.0.0'))
+
+
+# ---------------------------------------------------------------------------
 # The table, applying and logging
 # ---------------------------------------------------------------------------
 
@@ -448,6 +579,11 @@ FIXES: Tuple[Fix, ...] = (
     Fix('editable_install_config_scope',
         'mmengine<=0.10.7 get_installed_path misses an editable install',
         _editable_scope_needed, find_editable_install),
+    Fix('adjust_hue_numpy2',
+        'mmcv 2.0.0rc1-2.2.0 adjust_hue: np.uint8(hue_factor * 255) raises '
+        'OverflowError on numpy>=2 for a negative factor (ColorJitter hue>0; '
+        'VBTI-development/onedl-mmcv#41)',
+        _adjust_hue_needed, replace_adjust_hue),
 )
 
 _ACTIVE: Dict[str, Fix] = {}

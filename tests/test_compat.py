@@ -239,13 +239,14 @@ def test_mmengine_gates(version: str, needed: bool,
     assert not compat._editable_scope_needed()
 
 
-# MMEngine reported newer than the versions with its faults. (mmseg stays
+# MMEngine and mmcv reported newer than the versions with their faults
+# (mmcv and mmcv-lite alike: only the metadata is asked). (mmseg stays
 # as installed: the plugin imports mmseg.datasets, which needs the mmcv.ops
 # stand-in with mmcv-lite; test_stand_in_gate covers that gate.)
 NO_FAULT = """
 import importlib.metadata
 real_version = importlib.metadata.version
-NEWER = {'mmengine': '0.11.0'}
+NEWER = {'mmengine': '0.11.0', 'mmcv': '2.3.0', 'mmcv-lite': '2.3.0'}
 importlib.metadata.version = lambda name: NEWER.get(name) or real_version(name)
 
 from mmengine.registry import MODELS
@@ -253,6 +254,8 @@ from mmengine.runner import checkpoint as ckpt
 from mmengine.utils import package_utils
 before = dict(ckpt.CheckpointLoader._schemes)
 helpers = (package_utils.is_installed, package_utils.get_installed_path)
+import mmcv
+hue = mmcv.adjust_hue
 import beit_plugin
 from beit_plugin import compat
 from mmengine.utils.dl_utils import mmcv_full_available
@@ -263,6 +266,7 @@ assert ckpt.CheckpointLoader._schemes[''] is ckpt.load_from_local
 assert (package_utils.is_installed,
         package_utils.get_installed_path) == helpers
 assert 'beit_plugin' not in MODELS.children
+assert mmcv.adjust_hue is hue and mmcv.image.photometric.adjust_hue is hue
 print('OK')
 """
 
@@ -472,6 +476,117 @@ def test_accuracy_and_iou_metrics_on_numpy_2() -> None:
     areas = IoUMetric.intersect_and_union(pred, label, 2, 255)
     metrics = IoUMetric.total_area_to_metrics(*areas, ['mIoU'])
     np.testing.assert_allclose(metrics['IoU'], [0.5, 0.5])
+
+
+needs_hue_fix = pytest.mark.skipif(
+    'adjust_hue_numpy2' not in compat.active_fixes(),
+    reason='mmcv without the adjust_hue fault, or numpy < 2')
+HUE_IMG = np.random.RandomState(0).randint(0, 256, (6, 7, 3)).astype(np.uint8)
+
+
+def hue_by_hand(img: np.ndarray, shift: int, backend: str) -> np.ndarray:
+    """mmcv's hue shift (BGR -> HSV, hue + shift, back) with the uint8
+    wraparound written out: NumPy 1's ``np.uint8(hue_factor * 255)`` is the
+    product truncated toward zero, modulo 256."""
+    if backend == 'cv2':
+        import cv2
+        hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV_FULL)
+        hsv[..., 0] = (hsv[..., 0].astype(np.int64) + shift) % 256
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR_FULL)
+    from PIL import Image
+    rgb = Image.fromarray(np.ascontiguousarray(img[..., ::-1]))
+    hsv = np.array(rgb.convert('HSV'))
+    hsv[..., 0] = (hsv[..., 0].astype(np.int64) + shift) % 256
+    channels = [Image.fromarray(np.ascontiguousarray(hsv[..., i]))
+                for i in range(3)]
+    return np.array(Image.merge('HSV', channels).convert('RGB'))[..., ::-1]
+
+
+@needs_hue_fix
+@pytest.mark.parametrize('backend', ['cv2', 'pillow'])
+def test_mmcv_adjust_hue_fault(backend: str) -> None:
+    """mmcv's own adjust_hue fails for a negative factor on numpy 2 (and
+    is right for a positive one)."""
+    upstream = compat.UPSTREAM_ADJUST_HUE['mmcv']
+    with pytest.raises(OverflowError, match='out of bounds for uint8'):
+        upstream(HUE_IMG, -0.1, backend=backend)
+    np.testing.assert_array_equal(upstream(HUE_IMG, 0.1, backend=backend),
+                                  compat.adjust_hue(HUE_IMG, 0.1, backend))
+
+
+# (hue factor, NumPy 1's np.uint8(hue_factor * 255) as a signed shift:
+# -25.5 -> -25 (uint8 231), 12.75 -> 12, 25.5 -> 25; checked against
+# numpy 1.26.4)
+@needs_hue_fix
+@pytest.mark.parametrize('hue_factor, shift', [(-0.1, -25), (0.05, 12),
+                                               (0.1, 25), (-0.5, -127)])
+@pytest.mark.parametrize('backend', ['cv2', 'pillow'])
+def test_adjust_hue_fixed_as_numpy_1(hue_factor: float, shift: int,
+                                     backend: str) -> None:
+    import mmcv
+    expected = hue_by_hand(HUE_IMG, shift, backend)
+    assert not np.array_equal(expected, HUE_IMG)
+    actual = mmcv.adjust_hue(HUE_IMG, hue_factor, backend=backend)
+    assert actual.dtype == np.uint8
+    np.testing.assert_array_equal(actual, expected)
+
+
+@needs_hue_fix
+def test_adjust_hue_replaced_where_looked_up_only() -> None:
+    import mmcv
+    import mmcv.image
+    from mmcv.image import photometric
+    from mmpretrain.datasets.transforms import processing
+    assert set(compat.UPSTREAM_ADJUST_HUE) == {
+        'mmcv', 'mmcv.image', 'mmcv.image.photometric'}
+    for module in (mmcv, mmcv.image, photometric):
+        assert module.adjust_hue is compat.adjust_hue
+    # ColorJitter calls mmcv.adjust_hue; no other binding of its own
+    assert processing.mmcv is mmcv
+    assert not hasattr(processing, 'adjust_hue')
+    # the other photometric functions are mmcv's
+    assert mmcv.adjust_color.__module__ == 'mmcv.image.photometric'
+    with pytest.raises(ValueError, match='not in'):
+        mmcv.adjust_hue(HUE_IMG, 0.6)
+    compat.replace_adjust_hue()  # again: the upstream ones are kept
+    assert compat.UPSTREAM_ADJUST_HUE['mmcv'] is not compat.adjust_hue
+
+
+@needs_hue_fix
+def test_color_jitter_with_hue_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MMPretrain's ColorJitter(hue=0.1), as the iBOT configs have it: both
+    signs of the factor are drawn, none fails."""
+    import mmcv
+    from mmpretrain.datasets.transforms import ColorJitter
+    hues = []
+
+    def recording(img, hue_factor, backend=None):
+        hues.append(hue_factor)
+        return compat.adjust_hue(img, hue_factor, backend)
+
+    monkeypatch.setattr(mmcv, 'adjust_hue', recording)
+    jitter = ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2,
+                         hue=0.1)
+    np.random.seed(0)
+    for _ in range(16):
+        out = jitter(dict(img=HUE_IMG.copy()))['img']
+        assert out.shape == HUE_IMG.shape and out.dtype == np.uint8
+    assert len(hues) == 16 and min(hues) < 0 < max(hues)
+
+
+@pytest.mark.parametrize('versions, needed', [
+    ({'mmcv-lite': '2.1.0', 'numpy': '2.4.6'}, True),
+    ({'mmcv': '2.2.0', 'numpy': '2.0.0'}, True),
+    ({'mmcv': '2.0.0rc4', 'numpy': '2.1.0'}, True),
+    ({'mmcv-lite': '2.1.0', 'numpy': '1.26.4'}, False),  # np.uint8 wraps
+    ({'mmcv-lite': '2.3.0', 'numpy': '2.4.6'}, False),  # after checked
+    ({'mmcv': '1.7.2', 'numpy': '2.4.6'}, False),  # mmcv 1: not ours
+    ({'numpy': '2.4.6'}, False),
+])
+def test_adjust_hue_gate(versions: Dict[str, str], needed: bool,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compat, 'installed_version', versions.get)
+    assert compat._adjust_hue_needed() is needed
 
 
 # ---------------------------------------------------------------------------

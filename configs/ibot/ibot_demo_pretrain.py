@@ -33,10 +33,10 @@
 # prototype. The tests' tiny backbone (width 32, 2 blocks) collapses to
 # uniform within 100-150 iterations at every setting tried (lr 1e-4 to
 # 1.5e-3, teacher temperature 0.04 or 0.04 -> 0.07, momentum 0.99 to
-# 0.9995). The demo's backbone does the same over a full run (README,
-# Targets): teacher_entropy stays at 6.81 of ln 1024 and fine-tuning from
-# the student gains nothing over training from scratch; settings that train
-# at this size are still to be found.
+# 0.9995). The demo's backbone does the same over a full run
+# (docs/targets.md): teacher_entropy stays at 6.81 of ln 1024 and
+# fine-tuning from the student gains nothing over training from scratch;
+# settings that train at this size are still to be found.
 _base_ = '../beit_pretrain.py'
 
 img_size = 64
@@ -98,12 +98,9 @@ def _view(size, scale, blur, solarize):
         dict(type='RandomResizedCrop', scale=size, crop_ratio_range=scale,
              backend='pillow', interpolation='bicubic'),
         dict(type='RandomFlip', prob=0.5),
-        # hue 0, not the official 0.1: mmcv's adjust_hue (mmcv 2.x) does
-        # np.uint8(hue_factor * 255), which NumPy 2 refuses for a negative
-        # factor (OverflowError); until beit_plugin.compat fixes it
         dict(type='RandomApply',
              transforms=[dict(type='ColorJitter', brightness=0.4,
-                              contrast=0.4, saturation=0.2, hue=0.)],
+                              contrast=0.4, saturation=0.2, hue=0.1)],
              prob=0.8),
         dict(type='RandomGrayscale', prob=0.2, keep_channels=True,
              channel_weights=(0.114, 0.587, 0.2989)),
