@@ -4,7 +4,7 @@
 #   python tools/train.py configs/beit_pretrain.py
 #
 # Targets come from the demo VQ-KD tokenizer shipped in checkpoints/, which
-# `python tools/train.py configs/vqkd/vqkd_demo_hog.py` produced (see README).
+# `python tools/train.py configs/vqkd/vqkd_demo_hog.py` produced (see docs/targets.md, Tokenizers).
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs256_beitv2.py',
     'mmpretrain::_base_/default_runtime.py',
@@ -87,7 +87,7 @@ train_dataloader = dict(
         pipeline=train_pipeline))
 
 # under 15 minutes on a slow 2-core CPU (docs/benchmarks.md), long enough
-# for the downstream demos to gain from it (README, Results)
+# for the downstream demos to gain from it (README, The three jobs on the demo)
 max_iters = 800
 warmup_iters = 100
 optim_wrapper = dict(

@@ -289,7 +289,7 @@ def test_tensorboard_backend_gets_the_pictures(tmp_path, data_root):
     pytest.importorskip(
         'tensorboard', reason='the tensorboard extra is not installed: '
         'pip install -e ".[tensorboard]"')
-    # README's command line: the hook as a default hook, TensorBoard in
+    # docs/tools.md's command line: the hook as a default hook, TensorBoard in
     # place of the PNG backend
     work_dir = train_with_hook('v2', tmp_path, data_root, cfg_options=[
         'default_hooks.mim.type=beit_plugin.MIMVisualizationHook',

@@ -4,7 +4,7 @@
 # tokens on the same patch grid), no patch-aggregation branch (the last
 # block's tokens, its final LayerNorm, into the token classifier) and v1's
 # blockwise masks (no top-up to an exact count). One of the four targets of
-# the README's demo comparison (v1 dVAE, v2 VQ-KD, pixels, iBOT-style):
+# the demo comparison in docs/targets.md (v1 dVAE, v2 VQ-KD, pixels, iBOT-style):
 #
 #   python tools/train.py configs/dvae/dvae_demo.py
 #   python tools/train.py configs/dvae/beitv1_demo_pretrain_dvae.py

@@ -24,7 +24,7 @@
 # The average patch token rather than the last CLS token (the v2 base
 # config's default): the demo pretraining trains its CLS token little, and a
 # random backbone's CLS token is a strong random-features baseline of its
-# own. README, Results, has the numbers of both tokens, on the validation
+# own. docs/results.md has the numbers of both tokens, on the validation
 # split and on a larger held-out set.
 _base_ = './beitv2_vit-base-p16_8xb128-linear-coslr-100e_in1k.py'
 

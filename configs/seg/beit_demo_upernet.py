@@ -143,7 +143,7 @@ test_evaluator = val_evaluator
 
 # the base-size recipe's optimizer (AdamW, layer-wise decay; no AMP) at the
 # lr and decay that suit the pretrained backbone, chosen by a sweep on the
-# demo whose numbers README's "Results" gives: the demo fine-tuning's lr
+# demo whose numbers docs/results.md gives: the demo fine-tuning's lr
 # 1e-3 / decay 0.75 leaves the pretrained backbone below the one from
 # scratch, whose own best setting (1e-3 / 0.9) this one is too high for
 optim_wrapper = dict(
