@@ -267,3 +267,39 @@ def test_cpu_training_attention_equals_sdpa_in_output_and_gradients(
     for mine, theirs in zip(explicit_grads, kernel_grads):
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
     assert explicit_grads[2].abs().sum() > 0  # the table learns
+
+
+@pytest.mark.parametrize('with_cp', [False, True])
+@pytest.mark.parametrize('shared', [False, True])
+@pytest.mark.parametrize('training', [False, True])
+def test_last_block_on_chosen_rows_equals_those_rows(with_cp, shared,
+                                                     training):
+    """``rows``: the last block computes some token rows only (per sample),
+    equal to the full output's rows in value and in every gradient; with
+    the shared or per-layer bias, checkpointed or not, in SDPA (eval) and
+    the CPU training path."""
+    torch.manual_seed(0)
+    model = randomise(tiny(with_cp=with_cp, use_shared_rel_pos_bias=shared,
+                           use_rel_pos_bias=not shared,
+                           layer_scale_init_value=0.1,
+                           out_indices=(0, -1))).train(training)
+    x = torch.randn(3, 3, 32, 32, requires_grad=True)
+    rows = torch.stack([torch.randperm(17)[:5] for _ in range(3)])
+    early, last = model(x, rows=rows)
+    assert last.shape == (3, 5, 32) and early.shape == (3, 17, 32)
+    weights = torch.randn(3, 5, 32)
+    (last * weights).sum().backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    got_x = x.grad.clone()
+    model.zero_grad()
+    x.grad = None
+    full = model(x)[-1]
+    expected = full[torch.arange(3)[:, None], rows]
+    torch.testing.assert_close(last, expected, rtol=1e-5, atol=1e-5)
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(got_x, x.grad, rtol=1e-4, atol=1e-6)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(got[name], param.grad, rtol=1e-4,
+                                   atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="rows need out_type='raw'"):
+        tiny(out_type='featmap')(x, rows=rows)

@@ -9,6 +9,7 @@ from mmengine.registry import DefaultScope
 from mmpretrain.structures import DataSample
 
 from beit_plugin.models.algorithms import BEiTPretrainer
+from beit_plugin.models.algorithms.beit_pretrainer import masked_rows
 from helpers import PRETRAINING_CONFIGS, config_id
 
 ARCH = dict(embed_dims=32, num_layers=3, num_heads=2, feedforward_channels=64)
@@ -56,7 +57,7 @@ def test_loss_finite_masked_only_and_decreasing(v2):
     inputs, samples = batch()
     seen = []
     model.head.cls_head.register_forward_hook(
-        lambda m, args, out: seen.append(args[0].shape[0]))
+        lambda m, args, out: seen.append(args[0].shape[:-1].numel()))
     losses = model.loss(inputs, samples)
     assert set(losses) == ({'loss_mim', 'loss_mim_1', 'acc_mim'} if v2
                            else {'loss_mim', 'acc_mim'})
@@ -113,7 +114,7 @@ def test_pixel_regression_learns_masked_patches_only(v2):
     inputs = [images, images.clone()]
     seen = []
     model.head.reg_head.register_forward_hook(
-        lambda m, args, out: seen.append(args[0].shape[0]))
+        lambda m, args, out: seen.append(args[0].shape[:-1].numel()))
     losses = model.loss(inputs, samples)
     assert set(losses) == ({'loss_mim', 'loss_mim_1'} if v2 else
                            {'loss_mim'})
@@ -221,3 +222,75 @@ def test_patch_aggregation_needs_its_backbone_pairing(backbone, named):
                       backbone_layers=3),
             head=dict(type='BEiTMIMHead', in_channels=32, num_embed=16),
             target_generator=dict(type='PatchPixels', patch_size=8))
+
+
+def ragged_batch(n: int = 3):
+    """Masks of 5, 2 and 7 patches on the 4 x 4 grid, scattered."""
+    images = torch.randn(n, 3, 32, 32)
+    samples = []
+    for i, count in enumerate((5, 2, 7)[:n]):
+        mask = torch.zeros(16, dtype=torch.bool)
+        mask[torch.randperm(16, generator=torch.Generator().manual_seed(i))
+             [:count]] = True
+        sample = DataSample()
+        sample.set_field(mask.view(4, 4), 'mask')
+        samples.append(sample)
+    return [images, torch.randn(n, 3, 32, 32)], samples
+
+
+def test_masked_rows_are_cls_then_the_masked_patches_in_order():
+    _, samples = ragged_batch()
+    mask = torch.stack([s.mask.flatten() for s in samples])
+    rows, scored = masked_rows(mask)
+    assert rows.shape == (3, 1 + 7) and scored.shape == (3, 7)
+    for b in range(3):
+        count = int(mask[b].sum())
+        assert rows[b, 0] == 0  # CLS
+        assert rows[b, 1:1 + count].tolist() == \
+            (mask[b].nonzero().flatten() + 1).tolist()
+        assert scored[b].tolist() == [True] * count + [False] * (7 - count)
+        assert not mask[b][rows[b, 1 + count:] - 1].any()  # padding
+
+
+@pytest.mark.parametrize('v2', [False, True])
+@pytest.mark.parametrize('pixel', [False, True])
+def test_last_blocks_on_masked_rows_equal_the_full_model(v2, pixel):
+    """The loss computes the last backbone block (and v2's last aggregation
+    block) for the CLS and masked rows only; losses and every gradient equal
+    the full model's scored at the masked patches, by hand."""
+    torch.manual_seed(0)
+    model = build(v2, pixel, layer_scale_init_value=0.1)
+    model.train()
+    inputs, samples = ragged_batch()
+    losses = model.loss(inputs, samples)
+    total = sum(v for k, v in losses.items() if k.startswith('loss'))
+    model.zero_grad()
+    total.backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()
+           if p.grad is not None}
+
+    mask = torch.stack([s.mask.flatten() for s in samples])
+    with torch.no_grad():
+        target = (model.target_generator(inputs[1]) if pixel else
+                  model.target_generator.get_codebook_indices(inputs[1]))
+    feats = model.backbone(inputs[0], mask)
+    branches = model.neck(feats, *model.backbone.neck_inputs(inputs[0])) \
+        if v2 else [feats[-1][:, 1:]]
+    layer = model.head.reg_head if pixel else model.head.cls_head
+    expected = []
+    for branch in branches:
+        out = layer(branch[mask])
+        expected.append(
+            ((out - target[mask])**2).mean() if pixel else
+            torch.nn.functional.cross_entropy(out, target[mask]))
+    model.zero_grad()
+    sum(expected).backward()
+    names = ['loss_mim', 'loss_mim_1'][:len(expected)]
+    for name, value in zip(names, expected):
+        torch.testing.assert_close(losses[name], value)
+    assert set(got) == {n for n, p in model.named_parameters()
+                        if p.grad is not None}
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(got[name], param.grad,
+                                       rtol=1e-4, atol=1e-6, msg=name)

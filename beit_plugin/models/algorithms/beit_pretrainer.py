@@ -2,6 +2,7 @@
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 from mmpretrain.structures import DataSample
 from torch import nn
@@ -32,6 +33,36 @@ def _grid_text(patch_size: int, grid: Sequence[int], what: str) -> str:
     """``'224 x 224 px images in 16 px patches -> (14, 14) patches'``."""
     return (f'{grid[0] * patch_size} x {grid[1] * patch_size} px images in '
             f'{patch_size} px patches -> {tuple(grid)} {what}')
+
+
+def masked_rows(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The token rows that masked-image modeling scores.
+
+    Args:
+        mask: ``(B, N)`` bool, True = masked patch.
+
+    Returns:
+        ``rows`` ``(B, 1+M)`` long indices into the ``1+N`` tokens: CLS (0),
+        then each sample's masked patches in ascending order, ``M`` the
+        largest count in the batch, a sample with fewer padded with its
+        first unmasked patches; and ``scored`` ``(B, M)`` bool, which of
+        the ``M`` are masked.
+    """
+    counts = mask.sum(1)
+    # a host sync on a GPU, the step's one (boolean indexing made it before)
+    most = int(counts.max())
+    masked_first = torch.argsort((~mask).to(torch.uint8), dim=1,
+                                 stable=True)[:, :most]
+    rows = F.pad(masked_first + 1, (1, 0))
+    scored = torch.arange(most, device=mask.device) < counts.unsqueeze(1)
+    return rows, scored
+
+
+def _patches_at(target: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """``target[b, patches[b]]``: ``(B, N, ...)``, ``(B, M)`` -> ``(B, M,
+    ...)``."""
+    index = patches.view(*patches.shape, *([1] * (target.dim() - 2)))
+    return target.gather(1, index.expand(-1, -1, *target.shape[2:]))
 
 
 @MODELS.register_module()
@@ -207,8 +238,14 @@ class BEiTPretrainer(BaseSelfSupervisor):
             The head's losses (``loss_mim``...) and ``acc_mim``.
         """
         mask, target = self._mask_and_target(inputs, data_samples)
-        feats = self._patch_features(inputs[0], mask)
-        return self.head.loss(feats, target, mask.flatten(1))
+        if self.backbone.num_layers - 1 not in self.backbone.out_indices:
+            feats = self._patch_features(inputs[0], mask)
+            return self.head.loss(feats, target, mask.flatten(1))
+        # the last blocks compute only the rows the losses read
+        rows, scored = masked_rows(mask.flatten(1))
+        feats = self._patch_features(inputs[0], mask, rows)
+        return self.head.loss(feats, _patches_at(target, rows[:, 1:] - 1),
+                              scored)
 
     def _mask_and_target(self, inputs: List[torch.Tensor],
                          data_samples: List[DataSample]
@@ -228,13 +265,17 @@ class BEiTPretrainer(BaseSelfSupervisor):
         self._check_targets(target, images, target_images)
         return mask, target
 
-    def _patch_features(self, images: torch.Tensor, mask: torch.Tensor
+    def _patch_features(self, images: torch.Tensor, mask: torch.Tensor,
+                        rows: Optional[torch.Tensor] = None
                         ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
         """What the head reads: patch features ``(B, N, C)`` (no CLS) of the
-        masked ``images``, or with the neck one such tensor per branch."""
-        feats = self.backbone(images, mask)
+        masked ``images``, or with the neck one such tensor per branch;
+        ``(B, R - 1, C)`` for the ``rows`` ``(B, R)`` of
+        :func:`masked_rows`, which the last blocks compute alone."""
+        feats = self.backbone(images, mask, rows)
         if self.with_neck:
-            feats = self.neck(feats, *self.backbone.neck_inputs(images))
+            feats = self.neck(feats, *self.backbone.neck_inputs(images),
+                              rows=rows)
         else:
             feats = feats[-1][:, 1:]
         return feats

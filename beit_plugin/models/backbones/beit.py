@@ -398,17 +398,26 @@ class BEiT(BaseBackbone):
 
     def forward(self,
                 x: torch.Tensor,
-                mask: Optional[torch.Tensor] = None
+                mask: Optional[torch.Tensor] = None,
+                rows: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, ...]:
         """Args:
             x: ``(B, C_in, H_img, W_img)``; sides multiples of the patch size.
             mask: optional ``(B, N)`` / ``(B, H, W)`` bool, True = masked.
+            rows: optional ``(B, R)`` long indices into the ``1+N`` tokens
+                (CLS is 0): the last block computes these rows only (see
+                :meth:`Block.forward`), and the last output is ``(B, R, C)``.
+                Needs ``out_type='raw'``; pretraining passes the CLS and
+                the masked patches, the only rows its losses read.
 
         Returns:
             One output per ``out_indices`` entry, shaped by ``out_type``:
             ``(B, 1+N, C)``, ``(B, C)`` or ``(B, C, H, W)``.
         """
-        return self._run_blocks(x, mask, chosen=())[0]
+        if rows is not None and self.out_type != 'raw':
+            raise ValueError(f'rows need out_type=\'raw\', not '
+                             f'{self.out_type!r}')
+        return self._run_blocks(x, mask, chosen=(), rows=rows)[0]
 
     def forward_with_attention(
         self,
@@ -444,23 +453,25 @@ class BEiT(BaseBackbone):
 
     def _run_blocks(
         self, x: torch.Tensor, mask: Optional[torch.Tensor],
-        chosen: Sequence[int]
+        chosen: Sequence[int], rows: Optional[torch.Tensor] = None
     ) -> Tuple[Tuple[torch.Tensor, ...], Dict[int, torch.Tensor]]:
         """Embed ``x`` ``(B, C_in, H_img, W_img)`` and run the blocks: the
         outputs of ``out_indices`` and the ``(B, heads, 1+N, 1+N)``
         attention weights of the ``chosen`` blocks (explicit softmax there,
-        fused attention elsewhere)."""
+        fused attention elsewhere); the last block on ``rows`` only, if
+        given (never with ``chosen``: :meth:`forward` passes rows)."""
         x, grid = self.embed(x, mask)
         shared_bias = self.shared_bias(grid)
         outs, maps = [], {}
         for i, block in enumerate(self.blocks):
+            last_rows = rows if i == self.num_layers - 1 else None
             if i in chosen:
                 x, maps[i] = block.forward_with_attention(x, grid, shared_bias)
             elif self.with_cp and self.training and x.requires_grad:
-                x = checkpoint(block, x, grid, shared_bias,
+                x = checkpoint(block, x, grid, shared_bias, last_rows,
                                use_reentrant=False)
             else:
-                x = block(x, grid, shared_bias)
+                x = block(x, grid, shared_bias, last_rows)
             if i == self.num_layers - 1 and self.norm is not None:
                 x = self.norm(x)
             if i in self.out_indices:

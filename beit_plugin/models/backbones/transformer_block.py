@@ -14,6 +14,12 @@ from .relative_position import lookup_bias, num_relative_distances
 Window = Tuple[int, int]
 
 
+def _gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x[b, rows[b]]`` for each sample: ``(B, L, C), (B, R) -> (B, R, C)``.
+    """
+    return x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with q/v biases (no k bias) and an optional
     relative position bias table of its own, computed with
@@ -58,42 +64,66 @@ class Attention(nn.Module):
 
     def _qkv_and_bias(
         self, x: torch.Tensor, window: Window,
-        shared_bias: Optional[torch.Tensor]
+        shared_bias: Optional[torch.Tensor],
+        rows: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                Optional[torch.Tensor]]:
-        """q, k, v ``(B, heads, 1+N, C/heads)`` of ``x`` and the attention
-        bias ``(1, heads, 1+N, 1+N)`` (None without relative positions)."""
-        B, L, _ = x.shape
-        bias = None
-        if self.q_bias is not None:
-            bias = torch.cat([self.q_bias,
-                              torch.zeros_like(self.v_bias), self.v_bias])
-        qkv = F.linear(x, self.qkv.weight, bias)
-        q, k, v = qkv.view(B, L, 3, self.num_heads, -1).permute(2, 0, 3, 1,
-                                                               4).unbind(0)
+        """q ``(B, heads, R, C/heads)`` of the ``R`` query rows (all
+        ``1+N`` tokens, or ``rows``), k and v ``(B, heads, 1+N, C/heads)``
+        of ``x`` and the attention bias ``(1, heads, 1+N, 1+N)``, or
+        ``(B, heads, R, 1+N)`` for ``rows`` (None without relative
+        positions)."""
+        B, L, C = x.shape
         attn_bias = shared_bias
         if self.window:
             own = lookup_bias(self.relative_position_bias_table, window,
                               self.window)
             attn_bias = own if attn_bias is None else attn_bias + own
+        if rows is None:
+            bias = None
+            if self.q_bias is not None:
+                bias = torch.cat([self.q_bias,
+                                  torch.zeros_like(self.v_bias), self.v_bias])
+            qkv = F.linear(x, self.qkv.weight, bias)
+            q, k, v = qkv.view(B, L, 3, self.num_heads,
+                               -1).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            # queries for the chosen rows only; keys and values for all
+            q = F.linear(_gather_rows(x, rows), self.qkv.weight[:C],
+                         self.q_bias)
+            q = q.view(B, rows.shape[1], self.num_heads, -1).transpose(1, 2)
+            bias = None if self.v_bias is None else torch.cat(
+                [torch.zeros_like(self.v_bias), self.v_bias])
+            kv = F.linear(x, self.qkv.weight[C:], bias)
+            k, v = kv.view(B, L, 2, self.num_heads, -1).permute(2, 0, 3, 1,
+                                                               4).unbind(0)
+            if attn_bias is not None:
+                # (heads, B, R, 1+N) -> (B, heads, R, 1+N)
+                attn_bias = attn_bias[:, rows].transpose(0, 1)
         if attn_bias is not None:
-            attn_bias = attn_bias.unsqueeze(0).to(q.dtype)
+            if rows is None:
+                attn_bias = attn_bias.unsqueeze(0)
+            attn_bias = attn_bias.to(q.dtype)
         return q, k, v, attn_bias
 
     def forward(self,
                 x: torch.Tensor,
                 window: Window,
-                shared_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+                shared_bias: Optional[torch.Tensor] = None,
+                rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Args:
             x: ``(B, 1+N, C)`` tokens, CLS first.
             window: patch grid ``(H, W)`` of the input, ``N = H*W``.
             shared_bias: ``(num_heads, 1+N, 1+N)`` bias shared by all blocks.
+            rows: optional ``(B, R)`` long indices into the ``1+N`` tokens:
+                only these rows are queries (all tokens stay keys and
+                values), see :meth:`Block.forward`.
 
         Returns:
-            ``(B, 1+N, C)``.
+            ``(B, 1+N, C)``, or ``(B, R, C)`` for ``rows``.
         """
-        B, L, C = x.shape
-        q, k, v, attn_bias = self._qkv_and_bias(x, window, shared_bias)
+        B, _, C = x.shape
+        q, k, v, attn_bias = self._qkv_and_bias(x, window, shared_bias, rows)
         if self.training and attn_bias is not None and \
                 attn_bias.requires_grad and x.device.type == 'cpu':
             x = self._explicit(q, k, v, attn_bias)[0]
@@ -101,7 +131,7 @@ class Attention(nn.Module):
             x = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_bias,
                 dropout_p=self.attn_drop if self.training else 0.)
-        x = x.transpose(1, 2).reshape(B, L, C)
+        x = x.transpose(1, 2).reshape(B, q.shape[2], C)
         return self.proj_drop(self.proj(x))
 
     def _explicit(
@@ -212,10 +242,21 @@ class Block(nn.Module):
     def forward(self,
                 x: torch.Tensor,
                 window: Window,
-                shared_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``(B, 1+N, C) -> (B, 1+N, C)``; see :meth:`Attention.forward`."""
-        return self._residuals(x, self.attn(self.norm1(x), window,
-                                            shared_bias))
+                shared_bias: Optional[torch.Tensor] = None,
+                rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, 1+N, C) -> (B, 1+N, C)``; see :meth:`Attention.forward`.
+
+        With ``rows`` ``(B, R)`` (indices into the ``1+N`` tokens) the
+        block computes the output of those rows only, ``(B, R, C)``, equal
+        to the full output's rows: every token is still a key and a value,
+        but the query, output projection and MLP run on ``R`` rows. For a
+        last block whose other rows nothing reads (masked-image modeling
+        scores the masked patches only).
+        """
+        y = self.attn(self.norm1(x), window, shared_bias, rows)
+        if rows is not None:
+            x = _gather_rows(x, rows)
+        return self._residuals(x, y)
 
     def forward_with_attention(
             self,

@@ -41,13 +41,14 @@ class PixelRegressionHead(BaseModule):
 
     def loss(self, feats: Features, target: torch.Tensor,
              mask: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Mean squared error at masked patches.
+        """Mean squared error at masked patches (every given row is
+        predicted and the masked ones averaged, as :class:`BEiTMIMHead`).
 
         Args:
-            feats: patch features ``(B, N, C)`` (no CLS), or a sequence of
+            feats: patch features ``(B, M, C)`` (no CLS), or a sequence of
                 them (BEiT v2's patch aggregation); each adds a loss term.
-            target: ``(B, N, out_channels)`` pixels.
-            mask: ``(B, N)`` bool, True = masked.
+            target: ``(B, M, out_channels)`` pixels.
+            mask: ``(B, M)`` bool, True = masked (scored).
 
         Returns:
             ``loss_mim`` (``loss_mim_<i>`` for each further branch).
@@ -61,9 +62,13 @@ class PixelRegressionHead(BaseModule):
                 f'out_channels={self.out_channels} values per patch')
         if isinstance(feats, torch.Tensor):
             feats = [feats]
-        expected = target[mask].float()
-        return {
-            'loss_mim' if i == 0 else f'loss_mim_{i}':
-            F.mse_loss(self(branch, mask).float(), expected)
-            for i, branch in enumerate(feats)
-        }
+        expected = target.float()
+        weight = mask.float()
+        count = weight.sum()
+        losses = {}
+        for i, branch in enumerate(feats):
+            per_row = F.mse_loss(self.reg_head(branch).float(), expected,
+                                 reduction='none').mean(-1)
+            name = 'loss_mim' if i == 0 else f'loss_mim_{i}'
+            losses[name] = (per_row * weight).sum() / count
+        return losses

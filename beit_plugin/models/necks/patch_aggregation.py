@@ -71,21 +71,27 @@ class BEiTV2PatchAggregation(BaseModule):
         rescale_output_projections_(self.cls_pt_layers, early_layers + 1)
 
     def forward(self, inputs: Sequence[torch.Tensor], grid: Tuple[int, int],
-                shared_bias: Optional[torch.Tensor] = None
+                shared_bias: Optional[torch.Tensor] = None,
+                rows: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Args:
             inputs: backbone outputs ``(early, last)``, each ``(B, 1+N, C)``
-                before any final norm.
+                before any final norm; with ``rows``, ``last`` holds those
+                rows only, ``(B, R, C)`` (the backbone's ``rows``).
             grid: patch grid ``(H, W)``.
             shared_bias: the backbone's shared relative position bias
                 ``(heads, 1+N, 1+N)``, if it has one.
+            rows: optional ``(B, R)`` long indices into the ``1+N`` tokens,
+                CLS (0) first: the branch's last block computes these rows
+                only, as the backbone's did.
 
         Returns:
-            Normed patch features ``(B, N, C)`` of the main branch and of
-            the aggregation branch.
+            Normed patch features of the main branch and of the aggregation
+            branch: ``(B, N, C)`` each, or ``(B, R - 1, C)`` for ``rows``.
         """
         early, last = inputs[0], inputs[-1]
         x = torch.cat([last[:, :1], early[:, 1:]], dim=1)
-        for block in self.cls_pt_layers:
-            x = block(x, grid, shared_bias)
+        final = len(self.cls_pt_layers) - 1
+        for i, block in enumerate(self.cls_pt_layers):
+            x = block(x, grid, shared_bias, rows if i == final else None)
         return self.norm(last)[:, 1:], self.norm(x)[:, 1:]
