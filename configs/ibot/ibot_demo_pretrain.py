@@ -1,5 +1,5 @@
 # iBOT-style masked image modeling with an online tokenizer, demo size: the
-# embedded default's backbone, data, budget and optimizer
+# embedded default's backbone, data, budget and optimizer at a lower lr
 # (configs/beit_pretrain.py), with the frozen VQ-KD tokenizer replaced by an
 # EMA teacher (a momentum copy of the backbone and its projection head) and
 # the token classifier by iBOT's self-distillation:
@@ -17,26 +17,29 @@
 # The iBOT ViT-B recipe (configs/ibot/ibot_vit-base-p16_8xb128-coslr-400e_in1k.py)
 # shrunk: two global views at the demo's image size, each with its own
 # blockwise mask (half the views masked), local views at half that size,
-# the official crop scales, a shared head with a weight-normalised last
-# layer. Changes for the small model and short run: fewer prototypes
-# through a narrower MLP and bottleneck (ViT-B: 8192, 2048, 256); the
-# teacher momentum is the official default schedule (the official advice
-# for small batches is a higher one, e.g. 0.9995 at 256), the teacher
-# temperature warms up over the first 20% of the run, the last layer is
-# frozen during the lr warmup; the optimizer and its schedule are the
-# embedded default's, so that the four targets (VQ-KD, dVAE, pixels,
-# online) differ in the target only.
+# the official crop scales and colour jitter, a shared head with a
+# weight-normalised last layer, the official teacher momentum schedule. The
+# data, backbone, batch and iteration budget are the embedded default's, so
+# that the four targets (VQ-KD, dVAE, pixels, online) compare at one budget.
+#
+# Changed for the small model and the short run, because with the ViT-B
+# values shrunk (1024 prototypes, teacher temperature 0.04 -> 0.07, the
+# embedded default's lr 1.5e-3) the teacher collapsed to a uniform output:
+# teacher_entropy stayed at 6.81 of ln 1024 = 6.93 for the whole run and
+# fine-tuning from the student gave 13.1 / 14.4 % (validation / held-out).
+# Here, all three changed together: 256 prototypes through a narrower MLP
+# and bottleneck (ViT-B: 8192, 2048, 256), the teacher temperature 0.04
+# throughout (CLS and patches), and lr 5e-4. The teacher then trains:
+# teacher_entropy 5.38 at iteration 50 and 4.56 at 800 (ln 256 = 5.55),
+# loss_cls 5.54 -> 5.03, loss_patch 2.19 -> 1.31 (one run, with the colour
+# jitter's hue at 0 as before the mmcv fix). Fine-tuning from its student
+# still gains nothing over training from scratch (15.0 / 14.6 % against
+# 13.8 / 15.7 %): docs/targets.md.
 #
 # The log's teacher_entropy is the mean entropy of the teacher's CLS
-# targets: ln 1024 = 6.93 means the teacher has collapsed to a uniform
+# targets: ln 256 = 5.55 means the teacher has collapsed to a uniform
 # output (the centring won), near 0 that it puts everything on one
-# prototype. The tests' tiny backbone (width 32, 2 blocks) collapses to
-# uniform within 100-150 iterations at every setting tried (lr 1e-4 to
-# 1.5e-3, teacher temperature 0.04 or 0.04 -> 0.07, momentum 0.99 to
-# 0.9995). The demo's backbone does the same over a full run
-# (docs/targets.md): teacher_entropy stays at 6.81 of ln 1024 and
-# fine-tuning from the student gains nothing over training from scratch;
-# settings that train at this size are still to be found.
+# prototype.
 _base_ = '../beit_pretrain.py'
 
 img_size = 64
@@ -46,7 +49,7 @@ grid = img_size // patch_size  # 8 x 8 patches
 num_local_views = 4
 arch = dict(embed_dims=192, num_layers=6, num_heads=6,
             feedforward_channels=768)
-out_channels = 1024
+out_channels = 256
 
 model = dict(
     _delete_=True,
@@ -78,9 +81,9 @@ model = dict(
         num_global_views=2,
         student_temp=0.1,
         warmup_teacher_temp=0.04,
-        teacher_temp=0.07,
+        teacher_temp=0.04,
         warmup_teacher_patch_temp=0.04,
-        teacher_patch_temp=0.07,
+        teacher_patch_temp=0.04,
         warmup_iters=160,
         center_momentum=0.9,
         center_momentum2=0.9),
@@ -127,6 +130,9 @@ train_pipeline = [
 ]
 del _view
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+
+# the embedded default's AdamW and schedule at a third of its lr (header)
+optim_wrapper = dict(optimizer=dict(lr=5e-4))
 
 custom_hooks = [
     dict(type='beit_plugin.EMATeacherHook', momentum=0.996,
