@@ -7,6 +7,7 @@ from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 from mmpretrain.structures import DataSample
 from torch import nn
 
+from beit_plugin.models.backbones.transformer_block import gather_rows
 from beit_plugin.registry import MODELS
 
 
@@ -56,13 +57,6 @@ def masked_rows(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     rows = F.pad(masked_first + 1, (1, 0))
     scored = torch.arange(most, device=mask.device) < counts.unsqueeze(1)
     return rows, scored
-
-
-def _patches_at(target: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-    """``target[b, patches[b]]``: ``(B, N, ...)``, ``(B, M)`` -> ``(B, M,
-    ...)``."""
-    index = patches.view(*patches.shape, *([1] * (target.dim() - 2)))
-    return target.gather(1, index.expand(-1, -1, *target.shape[2:]))
 
 
 @MODELS.register_module()
@@ -244,7 +238,7 @@ class BEiTPretrainer(BaseSelfSupervisor):
         # the last blocks compute only the rows the losses read
         rows, scored = masked_rows(mask.flatten(1))
         feats = self._patch_features(inputs[0], mask, rows)
-        return self.head.loss(feats, _patches_at(target, rows[:, 1:] - 1),
+        return self.head.loss(feats, gather_rows(target, rows[:, 1:] - 1),
                               scored)
 
     def _mask_and_target(self, inputs: List[torch.Tensor],

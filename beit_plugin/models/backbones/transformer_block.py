@@ -14,10 +14,11 @@ from .relative_position import lookup_bias, num_relative_distances
 Window = Tuple[int, int]
 
 
-def _gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``x[b, rows[b]]`` for each sample: ``(B, L, C), (B, R) -> (B, R, C)``.
-    """
-    return x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x[b, rows[b]]`` for each sample: ``(B, L, ...)``, ``(B, R)`` ->
+    ``(B, R, ...)``."""
+    index = rows.view(*rows.shape, *([1] * (x.dim() - 2)))
+    return x.gather(1, index.expand(-1, -1, *x.shape[2:]))
 
 
 class Attention(nn.Module):
@@ -79,22 +80,21 @@ class Attention(nn.Module):
             own = lookup_bias(self.relative_position_bias_table, window,
                               self.window)
             attn_bias = own if attn_bias is None else attn_bias + own
+        # keys have no bias
+        kv_bias = None if self.v_bias is None else torch.cat(
+            [torch.zeros_like(self.v_bias), self.v_bias])
         if rows is None:
-            bias = None
-            if self.q_bias is not None:
-                bias = torch.cat([self.q_bias,
-                                  torch.zeros_like(self.v_bias), self.v_bias])
+            bias = None if kv_bias is None else torch.cat(
+                [self.q_bias, kv_bias])
             qkv = F.linear(x, self.qkv.weight, bias)
             q, k, v = qkv.view(B, L, 3, self.num_heads,
                                -1).permute(2, 0, 3, 1, 4).unbind(0)
         else:
             # queries for the chosen rows only; keys and values for all
-            q = F.linear(_gather_rows(x, rows), self.qkv.weight[:C],
+            q = F.linear(gather_rows(x, rows), self.qkv.weight[:C],
                          self.q_bias)
             q = q.view(B, rows.shape[1], self.num_heads, -1).transpose(1, 2)
-            bias = None if self.v_bias is None else torch.cat(
-                [torch.zeros_like(self.v_bias), self.v_bias])
-            kv = F.linear(x, self.qkv.weight[C:], bias)
+            kv = F.linear(x, self.qkv.weight[C:], kv_bias)
             k, v = kv.view(B, L, 2, self.num_heads, -1).permute(2, 0, 3, 1,
                                                                4).unbind(0)
             if attn_bias is not None:
@@ -255,7 +255,7 @@ class Block(nn.Module):
         """
         y = self.attn(self.norm1(x), window, shared_bias, rows)
         if rows is not None:
-            x = _gather_rows(x, rows)
+            x = gather_rows(x, rows)
         return self._residuals(x, y)
 
     def forward_with_attention(
