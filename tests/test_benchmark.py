@@ -55,6 +55,13 @@ def check_step_row(row, job, img_size, batch):
     if row['ours']['peak_mib'] is not None:
         assert row['ratio_mem'] == pytest.approx(
             row['ours']['peak_mib'] / row['peer']['peak_mib'])
+    for side in ('ours', 'peer'):
+        figures = row[side]
+        assert figures['gflop_per_step'] > 0
+        assert figures['tflops'] == pytest.approx(
+            figures['gflop_per_step'] / figures['ms_per_step'])
+    assert row['ratio_flops'] == pytest.approx(
+        row['ours']['gflop_per_step'] / row['peer']['gflop_per_step'])
 
 
 @pytest.mark.parametrize('job', ['pretrain-v1', 'pretrain-v2', 'finetune',
@@ -75,6 +82,35 @@ def test_job_measures_both_sides(bench, job, tmp_path, capsys):
     table = capsys.readouterr().out
     assert f'| {job} | 32 | 2 | ' in table
     assert 'random weights' in table  # says the tokenizers are random
+
+
+def test_step_flops_by_hand(bench):
+    """2 FLOPs per multiply-add executed, forward and backward; the CPU's
+    fused attention kernel counts as torch counts the CUDA ones."""
+    x = torch.randn(4, 8, requires_grad=True)
+    linear = torch.nn.Linear(8, 16)
+    b, h, n, e = 2, 3, 5, 4
+    q, k, v = (torch.randn(b, h, n, e, requires_grad=True) for _ in range(3))
+
+    def side(step):
+        return bench.Side('toy', linear, step, lambda: 0)
+
+    def fused():
+        torch.nn.functional.scaled_dot_product_attention(q, k, v).sum() \
+            .backward()
+
+    def explicit():
+        attn = (q @ k.transpose(-2, -1) * e**-0.5).softmax(-1)
+        (attn @ v).sum().backward()
+
+    # forward x @ W^T, backward the gradients of x and of W: 3 products
+    assert bench.step_flops(side(lambda: linear(x).sum().backward())) == \
+        3 * 2 * 4 * 8 * 16
+    # forward q k^T and attn v, backward 2 products for each of them
+    product = 2 * b * h * n * n * e
+    assert bench.step_flops(side(explicit)) == 6 * product
+    # the fused backward recomputes q k^T first
+    assert bench.step_flops(side(fused)) == 7 * product
 
 
 def test_sweep_over_sizes_and_batches(bench):

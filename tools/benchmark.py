@@ -86,6 +86,9 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.registry import DefaultScope
+from torch.utils.flop_counter import (FlopCounterMode,
+                                      sdpa_backward_flop_count,
+                                      sdpa_flop_count)
 
 import beit_plugin  # noqa: F401  (compat fixes, registries)
 
@@ -434,6 +437,8 @@ class Side:
     step: Callable[[], Any]  # one training step
     persistent: Callable[[], int]  # bytes of parameters, buffers, states
     prepare: Callable[[], None] = lambda: None  # untimed, before each step
+    #: one step run eagerly (what ``step`` runs, without ``--compile``)
+    eager_step: Optional[Callable[[], Any]] = None
 
 
 def optim_wrapper_cfg(cfg: Config, amp: str, device: str) -> dict:
@@ -513,11 +518,19 @@ def build_side(cfg: Config, side: str, job: Job, args: argparse.Namespace,
         with DefaultScope.overwrite_default_scope(scope):
             return train_step(holder.pop('data'), optim_wrapper)
 
+    def eager_step() -> Any:
+        compiled = model.__dict__.pop('forward', None)
+        try:
+            return step()
+        finally:
+            if compiled is not None:
+                model.forward = compiled
+
     label = type(model).__name__ + '/' + type(
         getattr(model, 'backbone', model)).__module__.split('.')[0]
     return Side(label, model, step,
                 lambda: model_and_optimizer_bytes(
-                    model, optim_wrapper.optimizer), prepare)
+                    model, optim_wrapper.optimizer), prepare, eager_step)
 
 
 def build_backbone_sides(args: argparse.Namespace, batch: int,
@@ -558,7 +571,8 @@ def build_backbone_sides(args: argparse.Namespace, batch: int,
         sides[side] = Side(f'{type(model).__name__}/'
                            f'{type(model).__module__.split(".")[0]}',
                            model, step,
-                           partial(model_and_optimizer_bytes, model))
+                           partial(model_and_optimizer_bytes, model),
+                           eager_step=partial(step, model, model))
     return sides
 
 
@@ -634,6 +648,39 @@ def step_peak_bytes(side: Side, device: str) -> Optional[int]:
     return max(transient, 0) + side.persistent()
 
 
+def _cpu_sdpa_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args,
+                             out_val=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+#: the CPU's fused attention kernels, which ``torch.utils.flop_counter``
+#: does not know: counted as it counts the CUDA ones (two products forward;
+#: backward four, plus q k^T recomputed)
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+        _cpu_sdpa_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        _cpu_sdpa_backward_flops,
+}
+
+
+def step_flops(side: Side) -> int:
+    """FLOPs of one step of ``side`` (forward and backward), as
+    ``torch.utils.flop_counter`` counts them: 2 per multiply-add executed
+    by the matrix products, convolutions and attention kernels (what a
+    kernel or a checkpointed block recomputes included), nothing for the
+    elementwise ops or the optimizer. The step runs once, eagerly."""
+    side.prepare()
+    with FlopCounterMode(display=False,
+                         custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        (side.eager_step or side.step)()
+    return counter.get_total_flops()
+
+
 def profile_step(side: Side, device: str, top: int) -> List[Dict[str, Any]]:
     """The ``top`` operators of one step by self time (device time on
     CUDA): name, self ms, share of the step's total, calls."""
@@ -657,12 +704,15 @@ def profile_step(side: Side, device: str, top: int) -> List[Dict[str, Any]]:
 
 
 def summarise(side: Side, seconds: List[float], batch: int,
-              peak: Optional[int]) -> Dict[str, Any]:
+              peak: Optional[int], flops: int) -> Dict[str, Any]:
+    """One side's figures; ``tflops`` is the rate its step achieves:
+    counted FLOPs / median step time."""
     median = statistics.median(seconds)
     return dict(model=side.name, ms_per_step=median * 1e3,
                 images_per_s=batch / median,
                 ms_all=[round(s * 1e3, 3) for s in seconds],
-                peak_mib=None if peak is None else peak / 2**20)
+                peak_mib=None if peak is None else peak / 2**20,
+                gflop_per_step=flops / 1e9, tflops=flops / median / 1e12)
 
 
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -712,7 +762,8 @@ def run_step_job(name: str, job: Job, args: argparse.Namespace,
         # the largest of two steps (a CPU's RSS moves in coarse steps)
         peaks = [step_peak_bytes(side, args.device) for _ in range(2)]
         peak = None if None in peaks else max(peaks)
-        row[side_name] = summarise(side, times[side_name], batch, peak)
+        row[side_name] = summarise(side, times[side_name], batch, peak,
+                                   step_flops(side))
         if args.profile:
             row[side_name]['profile'] = profile_step(side, args.device,
                                                      args.profile)
@@ -720,6 +771,8 @@ def run_step_job(name: str, job: Job, args: argparse.Namespace,
                             row['peer']['ms_per_step'])
     row['ratio_mem'] = ratio(row['ours']['peak_mib'],
                              row['peer']['peak_mib'])
+    row['ratio_flops'] = ratio(row['ours']['gflop_per_step'],
+                               row['peer']['gflop_per_step'])
     del sides
     gc.collect()
     if args.device == 'cuda':
@@ -791,6 +844,11 @@ def _fmt(value: Optional[float], digits: int = 1) -> str:
     return '-' if value is None else f'{value:.{digits}f}'
 
 
+def _sig(value: Optional[float]) -> str:
+    """Three significant digits (FLOPs span the demo to ViT-L at 640)."""
+    return '-' if value is None else f'{value:.3g}'
+
+
 def markdown(report: Dict[str, Any]) -> str:
     """The report as Markdown tables."""
     meta = report['meta']
@@ -815,6 +873,18 @@ def markdown(report: Dict[str, Any]) -> str:
                 f"{_fmt(o['images_per_s'])} | {_fmt(p['images_per_s'])} | "
                 f"{_fmt(o['peak_mib'], 0)} | {_fmt(p['peak_mib'], 0)} | "
                 f"{_fmt(r['ratio_ms'], 2)} | {_fmt(r['ratio_mem'], 2)} |")
+        lines.append('')
+        lines += [
+            '| job | img | batch | ours GFLOP/step | peer GFLOP/step | FLOP '
+            'ours/peer | ours TFLOP/s | peer TFLOP/s |',
+            '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+        for r in report['steps']:
+            o, p = r['ours'], r['peer']
+            lines.append(
+                f"| {r['job']} | {r['img_size']} | {r['batch']} | "
+                f"{_sig(o['gflop_per_step'])} | {_sig(p['gflop_per_step'])} "
+                f"| {_fmt(r['ratio_flops'], 2)} | {_sig(o['tflops'])} | "
+                f"{_sig(p['tflops'])} |")
         lines.append('')
     if report['pipelines']:
         lines += [
