@@ -82,6 +82,12 @@ def test_job_measures_both_sides(bench, job, tmp_path, capsys):
     table = capsys.readouterr().out
     assert f'| {job} | 32 | 2 | ' in table
     assert 'random weights' in table  # says the tokenizers are random
+    # the steps' rate against one large product's on this device
+    rate = report['meta']['matmul']['tflops']
+    assert rate > 0 and report['meta']['matmul']['dtype'] == 'float32'
+    share = row['ours']['tflops'] / rate * 100
+    assert f"| {row['ratio_flops']:.2f} | " in table
+    assert f' | {share:.1f} | ' in table
 
 
 def test_step_flops_by_hand(bench):

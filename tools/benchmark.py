@@ -13,7 +13,11 @@ the optim wrapper is built from the config with MMEngine's
 ``build_optim_wrapper``, its type set by ``--amp`` on both sides alike).
 After ``--warmup`` untimed rounds the two sides' steps alternate ``--steps``
 times; each side reports the median: ms/step, images/s, peak memory, and
-the ratio ours/peer (below 1: ours is faster / smaller).
+the ratio ours/peer (below 1: ours is faster / smaller); and the FLOPs of
+its step (``torch.utils.flop_counter``, one more step run eagerly), the
+TFLOP/s its median step achieves and that rate as a share of one large
+matrix product's on the same device in the steps' dtype, measured at the
+start of the run.
 
 Jobs (``--jobs``, default all), ours vs the peer (upstream's own config):
 
@@ -601,6 +605,26 @@ def time_steps(sides: Dict[str, Side], args: argparse.Namespace
     return times
 
 
+def matmul_tflops(device: str, amp: str) -> Dict[str, Any]:
+    """The device's rate on one large square matrix product in the steps'
+    dtype (float32, or the ``--amp`` one), the yardstick of the steps'
+    TFLOP/s: mean of 5 after 2 warm-ups."""
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(
+        amp, torch.float32)
+    n = 8192 if device == 'cuda' else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(2):
+        a @ b
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    synchronize(device)
+    seconds = (time.perf_counter() - start) / 5
+    return dict(n=n, dtype=str(dtype).split('.')[-1],
+                tflops=2 * n**3 / seconds / 1e12)
+
+
 def _status_kib(key: str) -> Optional[int]:
     try:
         with open('/proc/self/status') as f:
@@ -858,6 +882,8 @@ def markdown(report: Dict[str, Any]) -> str:
         f"arch {meta['arch']}, threads {meta['threads']}, median of "
         f"{meta['steps']} steps after {meta['warmup']} warm-up rounds; "
         f"{RANDOM_TOKENIZERS}.", '']
+    matmul = meta['matmul']
+    rate = matmul['tflops']
     if report['steps']:
         lines += [
             '| job | img | batch | ours ms/step | peer ms/step | ours img/s '
@@ -875,16 +901,22 @@ def markdown(report: Dict[str, Any]) -> str:
                 f"{_fmt(r['ratio_ms'], 2)} | {_fmt(r['ratio_mem'], 2)} |")
         lines.append('')
         lines += [
+            f"FLOPs counted by torch.utils.flop_counter; the yardstick: a "
+            f"{matmul['n']}^3 {matmul['dtype']} matrix product, "
+            f"{_sig(rate)} TFLOP/s.", '',
             '| job | img | batch | ours GFLOP/step | peer GFLOP/step | FLOP '
-            'ours/peer | ours TFLOP/s | peer TFLOP/s |',
-            '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+            'ours/peer | ours TFLOP/s | peer TFLOP/s | ours % of matmul | '
+            'peer % of matmul |',
+            '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: '
+            '| ---: |']
         for r in report['steps']:
             o, p = r['ours'], r['peer']
             lines.append(
                 f"| {r['job']} | {r['img_size']} | {r['batch']} | "
                 f"{_sig(o['gflop_per_step'])} | {_sig(p['gflop_per_step'])} "
                 f"| {_fmt(r['ratio_flops'], 2)} | {_sig(o['tflops'])} | "
-                f"{_sig(p['tflops'])} |")
+                f"{_sig(p['tflops'])} | {_fmt(100 * o['tflops'] / rate)} | "
+                f"{_fmt(100 * p['tflops'] / rate)} |")
         lines.append('')
     if report['pipelines']:
         lines += [
@@ -990,7 +1022,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                   threads=torch.get_num_threads(), steps=args.steps,
                   warmup=args.warmup, argv=list(argv if argv is not None
                                                 else sys.argv[1:]),
-                  note=RANDOM_TOKENIZERS),
+                  note=RANDOM_TOKENIZERS,
+                  matmul=matmul_tflops(args.device, args.amp)),
         steps=[], pipelines=[], feeding=[])
     # no per-parameter lines from the optim wrapper constructors
     logger = MMLogger.get_current_instance()
