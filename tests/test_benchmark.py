@@ -9,6 +9,7 @@ CUDA paths (AMP float16 / bfloat16, peak allocated memory) on a GPU.
 import importlib.util
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -209,6 +210,36 @@ def test_gpu_check_script_parses():
     result = subprocess.run(['bash', '-n', str(GPU_CHECK)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+    """Every step of the prepared GPU run, tiny, on a CPU: a device session
+    is short and rare, and must not find the script broken."""
+    out, work = tmp_path / 'out', tmp_path / 'work'
+    result = subprocess.run(
+        ['bash', str(GPU_CHECK), '--dry-run'], cwd=ROOT, capture_output=True,
+        text=True, timeout=600,
+        env={**os.environ, 'OUT': str(out), 'WORK': str(work),
+             'OMP_NUM_THREADS': '1'})
+    assert result.returncode == 0, result.stdout[-3000:]
+    summary = json.loads((out / 'summary.json').read_text())
+    assert [(s['name'], s['status']) for s in summary['steps']] == [
+        (name, '0') for name in ('environment', 'matmul', 'attention', 'tests',
+                                 'train-config', 'train-fp16', 'train-bf16',
+                                 'benchmark', 'sweep')]
+    for run in summary['train'].values():
+        assert run['finite'] and run['last_iter'] == 2
+    rate = summary['matmul']['tflops']
+    rows = summary['benchmark']
+    assert {r['job'] for r in rows} == {'pretrain-v1', 'pretrain-v2',
+                                        'finetune', 'upernet-512',
+                                        'upernet-640'}
+    for r in rows:
+        assert r['ours_share_of_matmul'] == pytest.approx(
+            r['ours_tflops'] / rate)
+    assert {'benchmark.md', 'attention.json', 'sweep.json', 'tests.xml',
+            'gpu_check.log'} <= {f.name for f in out.iterdir()}
 
 
 @pytest.mark.cuda
