@@ -9,6 +9,7 @@ from mmengine.registry import DefaultScope
 from mmpretrain.structures import DataSample
 
 from beit_plugin.models.algorithms import BEiTPretrainer
+from beit_plugin.models.algorithms import beit_pretrainer
 from beit_plugin.models.algorithms.beit_pretrainer import masked_rows
 from helpers import PRETRAINING_CONFIGS, config_id
 
@@ -294,3 +295,55 @@ def test_last_blocks_on_masked_rows_equal_the_full_model(v2, pixel):
         if param.grad is not None:
             torch.testing.assert_close(got[name], param.grad,
                                        rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize('v2', [False, True])
+def test_masked_count_read_after_the_tokenizer_is_queued(v2, monkeypatch):
+    """The pruned rows' count is the step's one host read: started before
+    the tokenizer runs and read after it is queued (on a GPU the device
+    works through the tokenizer meanwhile), and it is the batch's largest
+    masked count."""
+    torch.manual_seed(0)
+    model = build(v2)
+    inputs, samples = ragged_batch()
+    events = []
+    start = beit_pretrainer.start_host_read
+
+    def recording_start(value):
+        events.append('start')
+        read = start(value)
+
+        def recording_read():
+            events.append(('read', read()))
+            return events[-1][1]
+        return recording_read
+
+    monkeypatch.setattr(beit_pretrainer, 'start_host_read', recording_start)
+    model.target_generator.encoder.register_forward_pre_hook(
+        lambda *args: events.append('tokenizer'))
+    model.loss(inputs, samples)
+    most = max(int(s.mask.sum()) for s in samples)
+    assert events == ['start', 'tokenizer', ('read', most)]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('v2', [False, True])
+def test_loss_on_a_gpu_never_synchronises(v2):
+    """No operation of the loss waits for the whole device (CUDA's sync
+    debug mode raises on each one); the pruned rows' count waits only for
+    its own copy."""
+    torch.manual_seed(0)
+    model = build(v2).cuda()
+    inputs, samples = ragged_batch()
+    inputs = [x.cuda() for x in inputs]
+    for sample in samples:
+        sample.set_field(sample.mask.cuda(), 'mask')
+    model.loss(inputs, samples)  # first call: lazy initialisations
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        losses = model.loss(inputs, samples)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert all(torch.isfinite(v).all() for v in losses.values())

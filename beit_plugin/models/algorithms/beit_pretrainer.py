@@ -1,5 +1,5 @@
 """BEiT v1 / v2 masked image modeling: the algorithm that ties the parts."""
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,11 +36,38 @@ def _grid_text(patch_size: int, grid: Sequence[int], what: str) -> str:
             f'{patch_size} px patches -> {tuple(grid)} {what}')
 
 
-def masked_rows(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def start_host_read(value: torch.Tensor) -> Callable[[], int]:
+    """Start bringing the 0-d integer ``value`` to the host; the returned
+    function gives it as an ``int``.
+
+    On a GPU the copy is queued on the current stream and the function waits
+    for that copy alone (a CUDA event), not for the work queued after it, so
+    the device stays busy while the host waits; elsewhere it reads at once.
+    """
+    if value.device.type != 'cuda':
+        return lambda: int(value)
+    host = torch.empty((), dtype=value.dtype, pin_memory=True)
+    host.copy_(value, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def read() -> int:
+        copied.synchronize()
+        return int(host)
+
+    return read
+
+
+def masked_rows(mask: torch.Tensor,
+                most: Optional[int] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The token rows that masked-image modeling scores.
 
     Args:
         mask: ``(B, N)`` bool, True = masked patch.
+        most: the largest count of masked patches in the batch, if known
+            (see :func:`start_host_read`); None reads it from ``mask``,
+            which on a GPU waits for everything queued before.
 
     Returns:
         ``rows`` ``(B, 1+M)`` long indices into the ``1+N`` tokens: CLS (0),
@@ -50,8 +77,8 @@ def masked_rows(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         the ``M`` are masked.
     """
     counts = mask.sum(1)
-    # a host sync on a GPU, the step's one (boolean indexing made it before)
-    most = int(counts.max())
+    if most is None:
+        most = int(counts.max())
     masked_first = torch.argsort((~mask).to(torch.uint8), dim=1,
                                  stable=True)[:, :most]
     rows = F.pad(masked_first + 1, (1, 0))
@@ -231,33 +258,40 @@ class BEiTPretrainer(BaseSelfSupervisor):
         Returns:
             The head's losses (``loss_mim``...) and ``acc_mim``.
         """
-        mask, target = self._mask_and_target(inputs, data_samples)
+        mask = self._mask(inputs[0], data_samples)
         if self.backbone.num_layers - 1 not in self.backbone.out_indices:
+            target = self._target(inputs)
             feats = self._patch_features(inputs[0], mask)
             return self.head.loss(feats, target, mask.flatten(1))
-        # the last blocks compute only the rows the losses read
-        rows, scored = masked_rows(mask.flatten(1))
+        # the last blocks compute only the rows the losses read; their count
+        # travels to the host while the device runs the tokenizer
+        read_most = start_host_read(mask.flatten(1).sum(1).max())
+        target = self._target(inputs)
+        rows, scored = masked_rows(mask.flatten(1), read_most())
         feats = self._patch_features(inputs[0], mask, rows)
         return self.head.loss(feats, gather_rows(target, rows[:, 1:] - 1),
                               scored)
 
-    def _mask_and_target(self, inputs: List[torch.Tensor],
-                         data_samples: List[DataSample]
-                         ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The ``(B, H_p, W_p)`` bool mask of ``data_samples`` and the
-        targets of view 2 (no gradient), checked against view 1's grid."""
-        images, target_images = inputs[0], inputs[1]
-        # (B, H_p, W_p): the backbone refuses a mask of another grid, even
-        # one with as many patches
-        mask = torch.stack([
+    @staticmethod
+    def _mask(images: torch.Tensor,
+              data_samples: List[DataSample]) -> torch.Tensor:
+        """The ``(B, H_p, W_p)`` bool mask of ``data_samples`` on the device
+        of ``images``; the backbone refuses a mask of another grid, even one
+        with as many patches."""
+        return torch.stack([
             torch.as_tensor(sample.mask) for sample in data_samples
         ]).to(images.device).bool()
+
+    def _target(self, inputs: List[torch.Tensor]) -> torch.Tensor:
+        """The targets of view 2 (no gradient), checked against view 1's
+        grid."""
+        images, target_images = inputs[0], inputs[1]
         make_target = getattr(self.target_generator, 'get_codebook_indices',
                               self.target_generator)
         with torch.no_grad():
             target = make_target(target_images)
         self._check_targets(target, images, target_images)
-        return mask, target
+        return target
 
     def _patch_features(self, images: torch.Tensor, mask: torch.Tensor,
                         rows: Optional[torch.Tensor] = None
@@ -296,7 +330,8 @@ class BEiTPretrainer(BaseSelfSupervisor):
             pixels) of the main branch, which ``acc_mim`` scores. Only the
             masked patches are trained; the others are predicted anyway.
         """
-        mask, target = self._mask_and_target(inputs, data_samples)
+        mask = self._mask(inputs[0], data_samples)
+        target = self._target(inputs)
         feats = self._patch_features(inputs[0], mask)
         if not isinstance(feats, torch.Tensor):
             feats = feats[0]
