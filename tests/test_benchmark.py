@@ -120,6 +120,31 @@ def test_step_flops_by_hand(bench):
     assert bench.step_flops(side(fused)) == 7 * product
 
 
+def test_a_failing_flop_count_keeps_the_measurements(bench, monkeypatch,
+                                                     capsys):
+    class Broken:
+        def __init__(self, **kwargs):
+            pass
+
+        def __enter__(self):
+            raise RuntimeError('counter broke')
+
+        def __exit__(self, *args):
+            return False
+
+    monkeypatch.setattr(bench, 'FlopCounterMode', Broken)
+    report = bench.main([*TINY, '--jobs', 'finetune'])
+    row = report['steps'][0]
+    for side in ('ours', 'peer'):
+        assert row[side]['ms_per_step'] > 0
+        assert row[side]['gflop_per_step'] is None
+        assert row[side]['tflops'] is None
+    assert row['ratio_flops'] is None
+    captured = capsys.readouterr()
+    assert 'FLOPs not counted: RuntimeError: counter broke' in captured.err
+    assert '| finetune | 32 | 2 | - | - | - |' in captured.out
+
+
 def test_sweep_over_sizes_and_batches(bench):
     report = bench.main([*TINY, '--jobs', 'backbone', '--img-size', '32,48',
                          '--batch', '1,2'])

@@ -692,16 +692,23 @@ CPU_ATTENTION_FLOPS = {
 }
 
 
-def step_flops(side: Side) -> int:
+def step_flops(side: Side) -> Optional[int]:
     """FLOPs of one step of ``side`` (forward and backward), as
     ``torch.utils.flop_counter`` counts them: 2 per multiply-add executed
     by the matrix products, convolutions and attention kernels (what a
     kernel or a checkpointed block recomputes included), nothing for the
-    elementwise ops or the optimizer. The step runs once, eagerly."""
+    elementwise ops or the optimizer. The step runs once, eagerly. None,
+    with the reason on stderr, if the counter fails: the times and memory
+    already measured are kept (a GPU run is rare)."""
     side.prepare()
-    with FlopCounterMode(display=False,
-                         custom_mapping=CPU_ATTENTION_FLOPS) as counter:
-        (side.eager_step or side.step)()
+    try:
+        with FlopCounterMode(display=False,
+                             custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+            (side.eager_step or side.step)()
+    except Exception as error:  # whatever the counter trips on
+        print(f'!! {side.name}: FLOPs not counted: '
+              f'{type(error).__name__}: {error}', file=sys.stderr)
+        return None
     return counter.get_total_flops()
 
 
@@ -728,7 +735,7 @@ def profile_step(side: Side, device: str, top: int) -> List[Dict[str, Any]]:
 
 
 def summarise(side: Side, seconds: List[float], batch: int,
-              peak: Optional[int], flops: int) -> Dict[str, Any]:
+              peak: Optional[int], flops: Optional[int]) -> Dict[str, Any]:
     """One side's figures; ``tflops`` is the rate its step achieves:
     counted FLOPs / median step time."""
     median = statistics.median(seconds)
@@ -736,11 +743,18 @@ def summarise(side: Side, seconds: List[float], batch: int,
                 images_per_s=batch / median,
                 ms_all=[round(s * 1e3, 3) for s in seconds],
                 peak_mib=None if peak is None else peak / 2**20,
-                gflop_per_step=flops / 1e9, tflops=flops / median / 1e12)
+                gflop_per_step=None if flops is None else flops / 1e9,
+                tflops=None if flops is None else flops / median / 1e12)
 
 
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return None if a is None or b is None or b == 0 else a / b
+
+
+def share(rate: Optional[float], peak: float) -> Optional[float]:
+    """``rate`` as a percentage of ``peak``."""
+    value = ratio(rate, peak)
+    return None if value is None else 100 * value
 
 
 # ---------------------------------------------------------------------------
@@ -915,8 +929,8 @@ def markdown(report: Dict[str, Any]) -> str:
                 f"| {r['job']} | {r['img_size']} | {r['batch']} | "
                 f"{_sig(o['gflop_per_step'])} | {_sig(p['gflop_per_step'])} "
                 f"| {_fmt(r['ratio_flops'], 2)} | {_sig(o['tflops'])} | "
-                f"{_sig(p['tflops'])} | {_fmt(100 * o['tflops'] / rate)} | "
-                f"{_fmt(100 * p['tflops'] / rate)} |")
+                f"{_sig(p['tflops'])} | {_fmt(share(o['tflops'], rate))} | "
+                f"{_fmt(share(p['tflops'], rate))} |")
         lines.append('')
     if report['pipelines']:
         lines += [

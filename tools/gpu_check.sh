@@ -384,6 +384,12 @@ bench = load(f'{out}/benchmark.json')
 # the step's counted FLOPs per second as a share of the bf16 matmul's rate
 # (the target: 40 % for the ViT-B/16 v2 pretraining step)
 peak = (summary['matmul'] or {}).get('tflops')
+
+
+def share(rate):
+    return rate / peak if rate is not None and peak else None
+
+
 if bench:
     summary['benchmark'] = [
         dict(job=r['job'], img_size=r['img_size'], batch=r['batch'],
@@ -392,8 +398,8 @@ if bench:
              peer_mib=r['peer']['peak_mib'], ratio_mem=r['ratio_mem'],
              ours_tflops=r['ours']['tflops'], peer_tflops=r['peer']['tflops'],
              ratio_flops=r['ratio_flops'],
-             ours_share_of_matmul=r['ours']['tflops'] / peak if peak else None,
-             peer_share_of_matmul=r['peer']['tflops'] / peak if peak else None)
+             ours_share_of_matmul=share(r['ours']['tflops']),
+             peer_share_of_matmul=share(r['peer']['tflops']))
         for r in bench['steps']]
 json.dump(summary, open(f'{out}/summary.json', 'w'), indent=1)
 print(f'== summary ({mode}, {seconds} s):')
@@ -401,11 +407,11 @@ for s in steps:
     print(f"   {s['name']:15s} {s['status']:>8s} {s['seconds']:4d} s")
 print(json.dumps({k: summary[k] for k in ('matmul', 'train')}, indent=1))
 for r in summary.get('benchmark', []):
-    share = r['ours_share_of_matmul']
+    rate, part = r['ours_tflops'], r['ours_share_of_matmul']
     print(f"   {r['job']} {r['img_size']} px batch {r['batch']}: ms ours/peer "
-          f"{r['ratio_ms']:.2f}, memory {r['ratio_mem'] or float('nan'):.2f}, "
-          f"ours {r['ours_tflops']:.3g} TFLOP/s"
-          + (f' = {share:.1%} of the bf16 matmul' if share else ''))
+          f"{r['ratio_ms']:.2f}, memory {r['ratio_mem'] or float('nan'):.2f}"
+          + (f', ours {rate:.3g} TFLOP/s' if rate is not None else '')
+          + (f' = {part:.1%} of the bf16 matmul' if part is not None else ''))
 print('files:', ', '.join(sorted(os.listdir(out))))
 EOF
 # let tee write the last lines before the script returns
