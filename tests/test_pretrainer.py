@@ -10,7 +10,7 @@ from mmpretrain.structures import DataSample
 
 from beit_plugin.models.algorithms import BEiTPretrainer
 from beit_plugin.models.algorithms import beit_pretrainer
-from beit_plugin.models.algorithms.beit_pretrainer import masked_rows
+from beit_plugin.models.algorithms.masked_rows import masked_rows
 from helpers import PRETRAINING_CONFIGS, config_id
 
 ARCH = dict(embed_dims=32, num_layers=3, num_heads=2, feedforward_channels=64)

@@ -1,14 +1,14 @@
 """BEiT v1 / v2 masked image modeling: the algorithm that ties the parts."""
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 from mmpretrain.structures import DataSample
 from torch import nn
 
 from beit_plugin.models.backbones.transformer_block import gather_rows
 from beit_plugin.registry import MODELS
+from .masked_rows import masked_rows, start_host_read
 
 
 def _build(cfg: Union[dict, nn.Module, None]) -> Optional[nn.Module]:
@@ -34,56 +34,6 @@ def _grid_text(patch_size: int, grid: Sequence[int], what: str) -> str:
     """``'224 x 224 px images in 16 px patches -> (14, 14) patches'``."""
     return (f'{grid[0] * patch_size} x {grid[1] * patch_size} px images in '
             f'{patch_size} px patches -> {tuple(grid)} {what}')
-
-
-def start_host_read(value: torch.Tensor) -> Callable[[], int]:
-    """Start bringing the 0-d integer ``value`` to the host; the returned
-    function gives it as an ``int``.
-
-    On a GPU the copy is queued on the current stream and the function waits
-    for that copy alone (a CUDA event), not for the work queued after it, so
-    the device stays busy while the host waits; elsewhere it reads at once.
-    """
-    if value.device.type != 'cuda':
-        return lambda: int(value)
-    host = torch.empty((), dtype=value.dtype, pin_memory=True)
-    host.copy_(value, non_blocking=True)
-    copied = torch.cuda.Event()
-    copied.record()
-
-    def read() -> int:
-        copied.synchronize()
-        return int(host)
-
-    return read
-
-
-def masked_rows(mask: torch.Tensor,
-                most: Optional[int] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The token rows that masked-image modeling scores.
-
-    Args:
-        mask: ``(B, N)`` bool, True = masked patch.
-        most: the largest count of masked patches in the batch, if known
-            (see :func:`start_host_read`); None reads it from ``mask``,
-            which on a GPU waits for everything queued before.
-
-    Returns:
-        ``rows`` ``(B, 1+M)`` long indices into the ``1+N`` tokens: CLS (0),
-        then each sample's masked patches in ascending order, ``M`` the
-        largest count in the batch, a sample with fewer padded with its
-        first unmasked patches; and ``scored`` ``(B, M)`` bool, which of
-        the ``M`` are masked.
-    """
-    counts = mask.sum(1)
-    if most is None:
-        most = int(counts.max())
-    masked_first = torch.argsort((~mask).to(torch.uint8), dim=1,
-                                 stable=True)[:, :most]
-    rows = F.pad(masked_first + 1, (1, 0))
-    scored = torch.arange(most, device=mask.device) < counts.unsqueeze(1)
-    return rows, scored
 
 
 @MODELS.register_module()
