@@ -249,6 +249,61 @@ def test_teacher_temperature_warms_up_as_the_official_linspace():
     assert warmup_value(0.04, 0.07, 0, 0) == 0.07
 
 
+@pytest.mark.parametrize('last', [True, False])
+def test_student_last_block_and_head_on_masked_rows_equal_the_full_model(
+        last):
+    """With the last block's output, the student's last block and head run
+    on the CLS and masked rows alone (1 + the batch's largest masked count
+    per global view); losses and every gradient equal the full student's
+    scored at the masked patches, computed by hand. Another block's output
+    runs in full."""
+    cfg = tiny_config()
+    cfg.model.backbone.drop_path_rate = 0.
+    if not last:
+        cfg.model.backbone.update(out_indices=-2)
+    model = build(cfg)
+    model.train()
+    inputs, samples = batch()
+    with torch.no_grad():  # random weights everywhere, not the inits
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+
+    mask = model._masks(samples, torch.device('cpu'))
+    images = torch.cat(inputs[:2])
+    freeze = 0 < model.freeze_last_layer_iters
+    with torch.no_grad():
+        t_cls, t_patch = model.teacher.head(model.teacher.backbone(images)[-1])
+    s_cls, s_patch = model.head(model.backbone(images, mask)[-1], freeze)
+    local_cls = model.head(
+        model.backbone(torch.cat(inputs[2:]))[-1][:, 0], freeze)
+    expected = model.distill_loss(s_cls, s_patch, t_cls, t_patch,
+                                  mask.flatten(1), 0, local_cls,
+                                  update_center=False)
+    model.zero_grad()
+    (expected['loss_cls'] + expected['loss_patch']).backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()
+            if p.grad is not None}
+
+    rows_seen = []
+    model.head.mlp.register_forward_hook(
+        lambda m, args, out: rows_seen.append(args[0].shape[1])
+        if args[0].dim() == 3 else None)
+    model.zero_grad()
+    losses = model.loss(inputs, samples)
+    (losses['loss_cls'] + losses['loss_patch']).backward()
+    most = int(mask.flatten(1).sum(1).max())
+    assert rows_seen == [1 + most if last else 1 + GRID * GRID]
+    assert most < GRID * GRID
+    for name in ('loss_cls', 'loss_patch'):
+        torch.testing.assert_close(losses[name], expected[name])
+    assert set(want) == {n for n, p in model.named_parameters()
+                         if p.grad is not None}
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(param.grad, want[name], rtol=1e-4,
+                                       atol=1e-6, msg=name)
+
+
 def test_model_loss_updates_the_centres_only_in_training():
     model = build()
     inputs, samples = batch()

@@ -9,6 +9,7 @@ from mmpretrain.structures import DataSample
 from torch import nn
 
 from beit_plugin.registry import MODELS
+from .masked_rows import masked_rows, start_host_read
 
 
 def _build(cfg: Union[dict, nn.Module, None]) -> Optional[nn.Module]:
@@ -184,17 +185,26 @@ class iBOTPretrainer(BaseSelfSupervisor):
                              f'{len(inputs)} inputs')
         images = torch.cat(inputs[:views])
         mask = self._masks(data_samples, images.device)
+        flat = mask.flatten(1)
+        # with the last block's output, the student's last block and head
+        # compute only the CLS and masked rows (the patch loss scores no
+        # others); their count travels to the host while the device runs
+        # the teacher
+        prune = self.backbone.num_layers - 1 in self.backbone.out_indices
+        read_most = start_host_read(flat.sum(1).max()) if prune else None
         with torch.no_grad():
             teacher_cls, teacher_patch = self.teacher.head(
                 self.teacher.backbone(images)[-1])
+        rows, scored = masked_rows(flat, read_most()) if prune else \
+            (None, flat)
         freeze = self._iteration < self.freeze_last_layer_iters
         student_cls, student_patch = self.head(
-            self.backbone(images, mask)[-1], freeze)
+            self.backbone(images, mask, rows)[-1], freeze)
         local_cls = None
         if len(inputs) > views:
             local = torch.cat(inputs[views:])
             local_cls = self.head(self.backbone(local)[-1][:, 0], freeze)
         return self.distill_loss(
-            student_cls, student_patch, teacher_cls, teacher_patch,
-            mask.flatten(1), self._iteration, local_cls,
-            update_center=self.training)
+            student_cls, student_patch, teacher_cls, teacher_patch, scored,
+            self._iteration, local_cls, update_center=self.training,
+            rows=None if rows is None else rows[:, 1:] - 1)

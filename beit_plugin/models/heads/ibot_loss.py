@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from mmengine.dist import all_reduce
 from torch import nn
 
+from beit_plugin.models.backbones.transformer_block import gather_rows
 from beit_plugin.registry import MODELS
 
 
@@ -112,16 +113,24 @@ class iBOTLoss(nn.Module):
                 mask: torch.Tensor,
                 iteration: int,
                 student_local_cls: Optional[torch.Tensor] = None,
-                update_center: bool = True) -> Dict[str, torch.Tensor]:
+                update_center: bool = True,
+                rows: Optional[torch.Tensor] = None
+                ) -> Dict[str, torch.Tensor]:
         """Args:
             student_cls: ``(G B, K)`` the global views, view-major.
-            student_patch: ``(G B, N, K_p)``.
+            student_patch: ``(G B, N, K_p)``, or ``(G B, M, K_p)`` at
+                ``rows``.
             teacher_cls: ``(G B, K)``.
-            teacher_patch: ``(G B, N, K_p)``.
-            mask: ``(G B, N)`` bool, True = masked for the student.
+            teacher_patch: ``(G B, N, K_p)``, every patch (the centre is
+                their mean).
+            mask: ``(G B, N)`` bool, True = masked for the student; with
+                ``rows``, ``(G B, M)``: which of them are masked.
             iteration: the current (0-based) training iteration.
             student_local_cls: ``(L B, K)`` or None.
             update_center: move the centres afterwards (training).
+            rows: optional ``(G B, M)`` long indices of the ``N`` patches
+                that ``student_patch`` holds (only masked patches are
+                scored, so the student needs no others).
 
         Returns:
             ``loss_cls``, ``loss_patch`` and, logged only,
@@ -140,7 +149,9 @@ class iBOTLoss(nn.Module):
         teacher = F.softmax((teacher_cls - self.center) / temp,
                             dim=-1).detach().chunk(views)
         student_p = (student_patch / self.student_temp).chunk(views)
-        teacher_p = F.softmax((teacher_patch - self.center2) / temp2,
+        scored = teacher_patch if rows is None else gather_rows(
+            teacher_patch, rows)
+        teacher_p = F.softmax((scored - self.center2) / temp2,
                               dim=-1).detach().chunk(views)
         masks = mask.flatten(1).chunk(views)
 
