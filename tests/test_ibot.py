@@ -574,3 +574,23 @@ def test_v1_demo_config_is_the_default_with_v1_parts():
     samples = [DataSample().set_mask(torch.rand(8, 8) < 0.4)
                for _ in range(2)]
     assert torch.isfinite(model.loss(inputs, samples)['loss_mim'])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_loss_on_a_gpu_never_synchronises():
+    """No operation of the iBOT loss waits for the whole device (CUDA's
+    sync debug mode raises on each one)."""
+    model = build().cuda().train()
+    inputs, samples = batch()
+    inputs = [x.cuda() for x in inputs]
+    for sample in samples:
+        sample.set_mask(sample.mask.cuda())
+    model.loss(inputs, samples)  # first call: lazy initialisations
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        losses = model.loss(inputs, samples)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert all(torch.isfinite(v).all() for v in losses.values())
