@@ -9,9 +9,10 @@ from mmengine.registry import DefaultScope
 from mmpretrain.structures import DataSample
 
 from beit_plugin.models.algorithms import BEiTPretrainer
-from beit_plugin.models.algorithms import beit_pretrainer
+from beit_plugin.models.algorithms import masked_rows as rows_module
 from beit_plugin.models.algorithms.masked_rows import masked_rows
-from helpers import PRETRAINING_CONFIGS, config_id
+from helpers import (PRETRAINING_CONFIGS, config_id,
+                     loss_without_device_syncs)
 
 ARCH = dict(embed_dims=32, num_layers=3, num_heads=2, feedforward_channels=64)
 
@@ -307,7 +308,7 @@ def test_masked_count_read_after_the_tokenizer_is_queued(v2, monkeypatch):
     model = build(v2)
     inputs, samples = ragged_batch()
     events = []
-    start = beit_pretrainer.start_host_read
+    start = rows_module.start_host_read
 
     def recording_start(value):
         events.append('start')
@@ -318,7 +319,7 @@ def test_masked_count_read_after_the_tokenizer_is_queued(v2, monkeypatch):
             return events[-1][1]
         return recording_read
 
-    monkeypatch.setattr(beit_pretrainer, 'start_host_read', recording_start)
+    monkeypatch.setattr(rows_module, 'start_host_read', recording_start)
     model.target_generator.encoder.register_forward_pre_hook(
         lambda *args: events.append('tokenizer'))
     model.loss(inputs, samples)
@@ -335,15 +336,5 @@ def test_loss_on_a_gpu_never_synchronises(v2):
     its own copy."""
     torch.manual_seed(0)
     model = build(v2).cuda()
-    inputs, samples = ragged_batch()
-    inputs = [x.cuda() for x in inputs]
-    for sample in samples:
-        sample.set_field(sample.mask.cuda(), 'mask')
-    model.loss(inputs, samples)  # first call: lazy initialisations
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode('error')
-    try:
-        losses = model.loss(inputs, samples)
-    finally:
-        torch.cuda.set_sync_debug_mode('default')
+    losses = loss_without_device_syncs(model, *ragged_batch())
     assert all(torch.isfinite(v).all() for v in losses.values())

@@ -8,7 +8,7 @@ from torch import nn
 
 from beit_plugin.models.backbones.transformer_block import gather_rows
 from beit_plugin.registry import MODELS
-from .masked_rows import masked_rows, start_host_read
+from .masked_rows import start_masked_rows
 
 
 def _build(cfg: Union[dict, nn.Module, None]) -> Optional[nn.Module]:
@@ -215,9 +215,9 @@ class BEiTPretrainer(BaseSelfSupervisor):
             return self.head.loss(feats, target, mask.flatten(1))
         # the last blocks compute only the rows the losses read; their count
         # travels to the host while the device runs the tokenizer
-        read_most = start_host_read(mask.flatten(1).sum(1).max())
+        pending_rows = start_masked_rows(mask.flatten(1))
         target = self._target(inputs)
-        rows, scored = masked_rows(mask.flatten(1), read_most())
+        rows, scored = pending_rows()
         feats = self._patch_features(inputs[0], mask, rows)
         return self.head.loss(feats, gather_rows(target, rows[:, 1:] - 1),
                               scored)

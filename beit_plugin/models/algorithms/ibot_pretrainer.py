@@ -9,7 +9,7 @@ from mmpretrain.structures import DataSample
 from torch import nn
 
 from beit_plugin.registry import MODELS
-from .masked_rows import masked_rows, start_host_read
+from .masked_rows import start_masked_rows
 
 
 def _build(cfg: Union[dict, nn.Module, None]) -> Optional[nn.Module]:
@@ -191,12 +191,11 @@ class iBOTPretrainer(BaseSelfSupervisor):
         # others); their count travels to the host while the device runs
         # the teacher
         prune = self.backbone.num_layers - 1 in self.backbone.out_indices
-        read_most = start_host_read(flat.sum(1).max()) if prune else None
+        pending_rows = start_masked_rows(flat) if prune else None
         with torch.no_grad():
             teacher_cls, teacher_patch = self.teacher.head(
                 self.teacher.backbone(images)[-1])
-        rows, scored = masked_rows(flat, read_most()) if prune else \
-            (None, flat)
+        rows, scored = pending_rows() if prune else (None, flat)
         freeze = self._iteration < self.freeze_last_layer_iters
         student_cls, student_patch = self.head(
             self.backbone(images, mask, rows)[-1], freeze)

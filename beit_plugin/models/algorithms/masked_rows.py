@@ -1,7 +1,7 @@
 """The rows masked-image modeling scores: CLS and the masked patches, which
 the last blocks and the heads compute alone, and the one count the host
 needs to size them, read without draining a GPU's queue."""
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,16 +29,32 @@ def start_host_read(value: torch.Tensor) -> Callable[[], int]:
     return read
 
 
-def masked_rows(mask: torch.Tensor,
-                most: Optional[int] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
+def start_masked_rows(
+        mask: torch.Tensor
+) -> Callable[[], Tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`masked_rows` of ``mask``, begun now: the batch's largest
+    masked count starts for the host (:func:`start_host_read`), and calling
+    the returned function waits for it and builds the rows, so that work
+    queued in between keeps the device busy."""
+    counts = mask.sum(1)
+    read_most = start_host_read(counts.max())
+
+    def rows_and_scored() -> Tuple[torch.Tensor, torch.Tensor]:
+        most = read_most()
+        masked_first = torch.argsort((~mask).to(torch.uint8), dim=1,
+                                     stable=True)[:, :most]
+        rows = F.pad(masked_first + 1, (1, 0))
+        scored = torch.arange(most, device=mask.device) < counts.unsqueeze(1)
+        return rows, scored
+
+    return rows_and_scored
+
+
+def masked_rows(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The token rows that masked-image modeling scores.
 
     Args:
         mask: ``(B, N)`` bool, True = masked patch.
-        most: the largest count of masked patches in the batch, if known
-            (see :func:`start_host_read`); None reads it from ``mask``,
-            which on a GPU waits for everything queued before.
 
     Returns:
         ``rows`` ``(B, 1+M)`` long indices into the ``1+N`` tokens: CLS (0),
@@ -47,11 +63,4 @@ def masked_rows(mask: torch.Tensor,
         first unmasked patches; and ``scored`` ``(B, M)`` bool, which of
         the ``M`` are masked.
     """
-    counts = mask.sum(1)
-    if most is None:
-        most = int(counts.max())
-    masked_first = torch.argsort((~mask).to(torch.uint8), dim=1,
-                                 stable=True)[:, :most]
-    rows = F.pad(masked_first + 1, (1, 0))
-    scored = torch.arange(most, device=mask.device) < counts.unsqueeze(1)
-    return rows, scored
+    return start_masked_rows(mask)()
