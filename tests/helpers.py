@@ -298,3 +298,21 @@ def save_tokenizer(version: str, path: Path) -> Path:
             num_embed=PRETRAIN_VOCAB, embed_dims=8, kmeans_init=False)
     torch.save({'state_dict': tokenizer.state_dict()}, path)
     return path
+
+
+def loss_without_device_syncs(model: nn.Module, inputs: List[torch.Tensor],
+                              samples: list) -> dict:
+    """``model.loss`` on a GPU under CUDA's sync debug mode ``'error'``
+    (it raises on any operation that waits for the whole device), after one
+    call for the lazy initialisations; ``inputs`` and the samples' masks
+    are moved to the GPU."""
+    inputs = [x.cuda() for x in inputs]
+    for sample in samples:
+        sample.set_field(sample.mask.cuda(), 'mask')
+    model.loss(inputs, samples)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        return model.loss(inputs, samples)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')

@@ -28,7 +28,7 @@ from beit_plugin.models.heads.ibot_loss import warmup_value
 from beit_plugin.registry import MODELS
 from helpers import CLS_IMG as IMG
 from helpers import CLS_PATCH as PATCH
-from helpers import ROOT, TINY_ARCH, randomise
+from helpers import ROOT, TINY_ARCH, loss_without_device_syncs, randomise
 
 DEMO = ROOT / 'configs/ibot/ibot_demo_pretrain.py'
 FULL = ROOT / 'configs/ibot/ibot_vit-base-p16_8xb128-coslr-400e_in1k.py'
@@ -582,15 +582,5 @@ def test_loss_on_a_gpu_never_synchronises():
     """No operation of the iBOT loss waits for the whole device (CUDA's
     sync debug mode raises on each one)."""
     model = build().cuda().train()
-    inputs, samples = batch()
-    inputs = [x.cuda() for x in inputs]
-    for sample in samples:
-        sample.set_mask(sample.mask.cuda())
-    model.loss(inputs, samples)  # first call: lazy initialisations
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode('error')
-    try:
-        losses = model.loss(inputs, samples)
-    finally:
-        torch.cuda.set_sync_debug_mode('default')
+    losses = loss_without_device_syncs(model, *batch())
     assert all(torch.isfinite(v).all() for v in losses.values())
