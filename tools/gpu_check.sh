@@ -4,7 +4,8 @@
 # logs and JSON:
 #
 #   1. environment: nvidia-smi, Python / torch / CUDA / package versions
-#   2. a large bfloat16 matrix product, TFLOP/s (the card's reference rate)
+#   2. a large bfloat16 matrix product, TFLOP/s (the card's reference rate,
+#      measured as tools/benchmark.py measures it)
 #   2b. tools/benchmark_attention.py: the attention kernels for a biased
 #      ViT-B/16 attention (SDPA backends, FlexAttention), time and error
 #   3. the CUDA-marked tests (`pytest -m cuda`)
@@ -193,29 +194,16 @@ json.dump(env, open(sys.argv[1], 'w'))
 EOF
 }
 
-matmul_rate() {
+matmul_rate() {  # the yardstick tools/benchmark.py measures, in bfloat16
   "$PY" - "$DEVICE" "$WORK/matmul.json" <<'EOF'
-import json, sys, time
-import torch
+import json, sys
+sys.path.insert(0, 'tools')
+from benchmark import matmul_tflops  # noqa: E402
 device, out = sys.argv[1], sys.argv[2]
-n = 8192 if device == 'cuda' else 512
-a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-for _ in range(3):
-    a @ b
-sync()
-reps = 10
-start = time.perf_counter()
-for _ in range(reps):
-    a @ b
-sync()
-seconds = (time.perf_counter() - start) / reps
-rate = 2 * n**3 / seconds / 1e12
-print(f'bf16 matmul {n}x{n}x{n} on {device}: {seconds * 1e3:.2f} ms, '
-      f'{rate:.1f} TFLOP/s (mean of {reps} after 3 warm-ups)')
-json.dump(dict(n=n, device=device, ms=seconds * 1e3, tflops=rate),
-          open(out, 'w'))
+rate = dict(matmul_tflops(device, 'bf16'), device=device)
+print(f"bf16 matmul {rate['n']}^3 on {device}: {rate['tflops']:.1f} TFLOP/s "
+      '(mean of 5 after 2 warm-ups)')
+json.dump(rate, open(out, 'w'))
 EOF
 }
 
